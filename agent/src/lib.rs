@@ -1,0 +1,1 @@
+//! agent: `berthd` (the daemon) and `berth` (the command line).

@@ -1,0 +1,1 @@
+//! cgroup: placeholder, filled in by its own change.

@@ -1,0 +1,1 @@
+//! device-probes: placeholder, filled in by its own change.

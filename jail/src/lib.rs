@@ -1,0 +1,1 @@
+//! jail: placeholder, filled in by its own change.

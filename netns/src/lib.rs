@@ -1,0 +1,1 @@
+//! netns: placeholder, filled in by its own change.

@@ -1,1 +1,18 @@
 //! agent: `berthd` (the daemon) and `berth` (the command line).
+//!
+//! - [`cli`]: the `berth` grammar and its value parsers;
+//! - [`jailcmd`]: `berth jail ...`, turning parsed options into a
+//!   `jail::JailSpec` and driving the `jail` runtime;
+//! - [`error`]: the errors a command reports, each with its exit code.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod error;
+pub mod jailcmd;
+
+pub use error::CliError;
+
+/// Exit code of a command refused for bad input; nothing was changed.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a command that failed while acting.
+pub const EXIT_FAILURE: u8 = 1;

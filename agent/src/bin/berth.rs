@@ -1,4 +1,38 @@
 //! `berth`: the command line of a Berth gateway.
-fn main() {
-    println!("berth {}", env!("CARGO_PKG_VERSION"));
+//!
+//! Thin: parse the arguments, set up logging to stderr (`RUST_LOG`), hand
+//! over to [`agent::jailcmd::main`], which builds the runtime it needs.
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match agent::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    // Help goes where clap sends it; a write error to a
+                    // closed pipe is no reason to fail differently.
+                    let _ = e.print();
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(agent::EXIT_USAGE))
+                }
+                _ => {
+                    eprintln!("berth: error: {}", agent::cli::render_parse_error(&e));
+                    ExitCode::from(agent::EXIT_USAGE)
+                }
+            };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    agent::jailcmd::main(cli)
 }

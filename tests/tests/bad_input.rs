@@ -1,6 +1,9 @@
 //! Bad input is refused with one `berth: error: ...` line and exit code 2,
 //! and nothing is created: no state dir, cgroup or link.
 
+// Test code: a failed step must fail the test, helpers included.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::os::unix::process::CommandExt;
 
 use berth_tests::{require_root, run_with_timeout, TestEnv, DEFAULT_TIMEOUT};

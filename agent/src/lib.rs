@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod error;
 pub mod jailcmd;
+pub mod net;
 
 pub use error::CliError;
 

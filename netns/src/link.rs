@@ -1,0 +1,492 @@
+//! Links over rtnetlink: bridges, veth pairs into other namespaces, and the
+//! configuration inside those namespaces (loopback, address, default route).
+//!
+//! [`Net`] wraps an rtnetlink handle on the host namespace. Work inside a
+//! jail's namespace uses a second, short-lived rtnetlink connection whose
+//! socket was opened in that namespace (see [`crate::ns`]).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::RawFd;
+
+use futures_util::{pin_mut, TryStreamExt};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use nix::errno::Errno;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+use tokio::task::JoinHandle;
+
+use crate::name::validate_ifname;
+use crate::Error;
+
+const HOST: &str = "the host network namespace";
+
+/// Which network namespace a veth's jail end goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsRef {
+    /// The namespace of this process (e.g. a jail's init, created with
+    /// `clone(CLONE_NEWNET)`).
+    Pid(i32),
+    /// An open network-namespace file (`/proc/PID/ns/net` or a bind mount of
+    /// it, see [`crate::Netns`]). The caller keeps it open during the call.
+    Fd(RawFd),
+}
+
+/// A bridge as ensured by [`Net::ensure_bridge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Bridge {
+    /// The bridge subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        network_of(self.gateway, self.prefix_len)
+    }
+}
+
+/// A veth pair created by [`Net::add_veth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Veth {
+    pub host_if: String,
+    pub jail_if: String,
+    pub addr: Ipv4Addr,
+}
+
+/// The netmask of a prefix length (0..=32).
+pub(crate) fn mask_of(prefix_len: u8) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len.min(32)))
+    }
+}
+
+/// The network address of `addr/prefix_len`.
+pub(crate) fn network_of(addr: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr) & mask_of(prefix_len))
+}
+
+/// Checks that `gateway/prefix_len` can serve a bridge: prefix 8..=30 and the
+/// gateway a host address of it (neither network nor broadcast address).
+pub(crate) fn check_subnet(subject: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), Error> {
+    let bad = |reason| Error::InvalidSubnet {
+        subject: subject.to_string(),
+        addr: gateway,
+        prefix_len,
+        reason,
+    };
+    if !(8..=30).contains(&prefix_len) {
+        return Err(bad("prefix length must be between 8 and 30"));
+    }
+    let mask = mask_of(prefix_len);
+    let host = u32::from(gateway) & !mask;
+    if host == 0 || host == !mask {
+        return Err(bad("gateway is the network or broadcast address"));
+    }
+    Ok(())
+}
+
+/// Whether `addr` is a usable host address of `bridge` (inside the subnet,
+/// not network, broadcast or gateway).
+pub(crate) fn is_host_addr(bridge: &Bridge, addr: Ipv4Addr) -> bool {
+    let mask = mask_of(bridge.prefix_len);
+    let host = u32::from(addr) & !mask;
+    u32::from(addr) & mask == u32::from(bridge.gateway) & mask
+        && host != 0
+        && host != !mask
+        && addr != bridge.gateway
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<Errno> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| Errno::from_raw(-c.get())),
+        _ => None,
+    }
+}
+
+fn nl(op: &'static str, subject: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let subject = subject.into();
+    move |source| Error::Netlink {
+        op,
+        subject,
+        source,
+    }
+}
+
+/// Looks a link up by name; `None` if there is none.
+async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    let links = handle.link().get().match_name(name.to_string()).execute();
+    pin_mut!(links);
+    match links.try_next().await {
+        Ok(m) => Ok(m),
+        Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_bridge(msg: &LinkMessage) -> bool {
+    msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
+        _ => false,
+    })
+}
+
+/// Sets a link up by index.
+async fn set_up(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+}
+
+/// Adds `addr/prefix_len` to link `index` unless it is already there.
+async fn ensure_addr(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), rtnetlink::Error> {
+    let addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    pin_mut!(addrs);
+    while let Some(msg) = addrs.try_next().await? {
+        let has = msg.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+        });
+        if has && msg.header.index == index && msg.header.prefix_len == prefix_len {
+            return Ok(());
+        }
+    }
+    match handle
+        .address()
+        .add(index, IpAddr::V4(addr), prefix_len)
+        .execute()
+        .await
+    {
+        Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+        r => r,
+    }
+}
+
+/// rtnetlink access to the host network namespace.
+pub struct Net {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Net {
+    /// Opens a netlink route socket in the calling thread's (host) namespace
+    /// and spawns its connection task on the current tokio runtime, which
+    /// must have the IO driver enabled.
+    pub async fn connect() -> Result<Net, Error> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Socket {
+            namespace: HOST.to_string(),
+            source: e,
+        })?;
+        let connection = tokio::spawn(connection);
+        Ok(Net { handle, connection })
+    }
+
+    /// The underlying rtnetlink handle, for operations this crate lacks.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Creates bridge `name` if missing, sets it up and assigns
+    /// `gateway/prefix_len` to it. Idempotent.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<Bridge, Error> {
+        validate_ifname(name)?;
+        check_subnet(&format!("bridge {name}"), gateway, prefix_len)?;
+        let h = &self.handle;
+        let existing = link_by_name(h, name)
+            .await
+            .map_err(nl("looking up bridge", name))?;
+        let index = match existing {
+            Some(msg) if is_bridge(&msg) => msg.header.index,
+            Some(_) => return Err(Error::NotABridge(name.to_string())),
+            None => {
+                match h.link().add(LinkBridge::new(name).build()).execute().await {
+                    Ok(()) => tracing::info!(bridge = name, "created bridge"),
+                    // Created concurrently: the lookup below checks its kind.
+                    Err(e) if errno(&e) == Some(Errno::EEXIST) => {}
+                    Err(e) => return Err(nl("creating bridge", name)(e)),
+                }
+                match link_by_name(h, name)
+                    .await
+                    .map_err(nl("looking up bridge", name))?
+                {
+                    Some(msg) if is_bridge(&msg) => msg.header.index,
+                    Some(_) => return Err(Error::NotABridge(name.to_string())),
+                    None => {
+                        return Err(Error::NoSuchLink {
+                            link: name.to_string(),
+                            namespace: HOST.to_string(),
+                        })
+                    }
+                }
+            }
+        };
+        ensure_addr(h, index, gateway, prefix_len)
+            .await
+            .map_err(nl(
+                "assigning the gateway address to bridge",
+                format!("{name} ({gateway}/{prefix_len})"),
+            ))?;
+        set_up(h, index)
+            .await
+            .map_err(nl("setting up bridge", name))?;
+        Ok(Bridge {
+            name: name.to_string(),
+            gateway,
+            prefix_len,
+        })
+    }
+
+    /// Deletes bridge `name`; `Ok` if it is already gone. Refuses to delete a
+    /// link that is not a bridge. Ports still attached are detached by the
+    /// kernel, not deleted.
+    pub async fn delete_bridge(&self, name: &str) -> Result<(), Error> {
+        validate_ifname(name)?;
+        match link_by_name(&self.handle, name)
+            .await
+            .map_err(nl("looking up bridge", name))?
+        {
+            None => Ok(()),
+            Some(msg) if !is_bridge(&msg) => Err(Error::NotABridge(name.to_string())),
+            Some(msg) => {
+                self.delete_index(name, msg.header.index).await?;
+                tracing::info!(bridge = name, "deleted bridge");
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates the veth pair `host_if` (host, attached to `bridge`, up) and
+    /// `jail_if` (created directly inside `ns` in the same request), then
+    /// inside `ns`: loopback up, `addr/prefix` on `jail_if`, `jail_if` up,
+    /// default route via the bridge's gateway. On failure the pair is
+    /// deleted again.
+    pub async fn add_veth(
+        &self,
+        bridge: &Bridge,
+        host_if: &str,
+        jail_if: &str,
+        ns: NsRef,
+        addr: Ipv4Addr,
+    ) -> Result<Veth, Error> {
+        validate_ifname(host_if)?;
+        validate_ifname(jail_if)?;
+        if !is_host_addr(bridge, addr) {
+            return Err(Error::AddressOutsideSubnet {
+                bridge: bridge.name.clone(),
+                addr,
+                network: bridge.network(),
+                prefix_len: bridge.prefix_len,
+                gateway: bridge.gateway,
+            });
+        }
+        let h = &self.handle;
+        let bridge_index = match link_by_name(h, &bridge.name)
+            .await
+            .map_err(nl("looking up bridge", bridge.name.as_str()))?
+        {
+            Some(msg) if is_bridge(&msg) => msg.header.index,
+            Some(_) => return Err(Error::NotABridge(bridge.name.clone())),
+            None => return Err(Error::NoSuchBridge(bridge.name.clone())),
+        };
+        // Validate the namespace reference before creating anything, so a
+        // bad pid or fd is reported as such rather than as a netlink error.
+        drop(crate::ns::open_ns(&ns)?);
+        let peer = LinkUnspec::new_with_name(jail_if);
+        let peer = match ns {
+            NsRef::Pid(pid) => peer.setns_by_pid(pid.unsigned_abs()),
+            NsRef::Fd(fd) => peer.setns_by_fd(fd),
+        };
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_if)
+            .controller(bridge_index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        h.link().add(msg).execute().await.map_err(nl(
+            "creating veth pair",
+            format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(&ns)),
+        ))?;
+        tracing::info!(host_if, jail_if, bridge = bridge.name, "created veth pair");
+
+        if let Err(e) = configure_inside(&ns, jail_if, addr, bridge).await {
+            let cleanup = self.delete_link(host_if).await;
+            return Err(Error::with_cleanup(e, cleanup));
+        }
+        Ok(Veth {
+            host_if: host_if.to_string(),
+            jail_if: jail_if.to_string(),
+            addr,
+        })
+    }
+
+    /// Deletes link `name` from the host namespace (for a veth, both ends go);
+    /// `Ok` if it is already gone.
+    pub async fn delete_link(&self, name: &str) -> Result<(), Error> {
+        validate_ifname(name)?;
+        match link_by_name(&self.handle, name)
+            .await
+            .map_err(nl("looking up link", name))?
+        {
+            None => Ok(()),
+            Some(msg) => self.delete_index(name, msg.header.index).await,
+        }
+    }
+
+    /// Whether link `name` exists in the host namespace.
+    pub async fn link_exists(&self, name: &str) -> Result<bool, Error> {
+        validate_ifname(name)?;
+        Ok(link_by_name(&self.handle, name)
+            .await
+            .map_err(nl("looking up link", name))?
+            .is_some())
+    }
+
+    async fn delete_index(&self, name: &str, index: u32) -> Result<(), Error> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(()),
+            Err(e) => Err(nl("deleting link", name)(e)),
+        }
+    }
+}
+
+/// Inside `ns`: loopback up, address on `jail_if`, `jail_if` up, default
+/// route via the bridge's gateway. Uses its own rtnetlink connection on a
+/// socket opened in `ns`; the connection ends with this function.
+async fn configure_inside(
+    ns: &NsRef,
+    jail_if: &str,
+    addr: Ipv4Addr,
+    bridge: &Bridge,
+) -> Result<(), Error> {
+    let where_ = crate::ns::describe(ns);
+    let socket = crate::ns::route_socket_in(ns).await?;
+    let (connection, handle, _) = rtnetlink::from_socket(crate::sys::into_tokio_socket(socket));
+    let task = tokio::spawn(connection);
+    let result = async {
+        let subject = |what: &str| format!("{what} in {where_}");
+        let lo = link_by_name(&handle, "lo")
+            .await
+            .map_err(nl("looking up", subject("lo")))?
+            .ok_or_else(|| Error::NoSuchLink {
+                link: "lo".into(),
+                namespace: where_.clone(),
+            })?;
+        set_up(&handle, lo.header.index)
+            .await
+            .map_err(nl("setting up", subject("lo")))?;
+        let jail = link_by_name(&handle, jail_if)
+            .await
+            .map_err(nl("looking up", subject(jail_if)))?
+            .ok_or_else(|| Error::NoSuchLink {
+                link: jail_if.to_string(),
+                namespace: where_.clone(),
+            })?;
+        let index = jail.header.index;
+        ensure_addr(&handle, index, addr, bridge.prefix_len)
+            .await
+            .map_err(nl(
+                "assigning address",
+                subject(&format!("{addr}/{} to {jail_if}", bridge.prefix_len)),
+            ))?;
+        set_up(&handle, index)
+            .await
+            .map_err(nl("setting up", subject(jail_if)))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(bridge.gateway)
+            .output_interface(index)
+            .build();
+        handle.route().add(route).execute().await.map_err(nl(
+            "adding default route",
+            subject(&format!("via {} on {jail_if}", bridge.gateway)),
+        ))?;
+        Ok(())
+    }
+    .await;
+    task.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn br(gw: [u8; 4], p: u8) -> Bridge {
+        Bridge {
+            name: "b".into(),
+            gateway: Ipv4Addr::from(gw),
+            prefix_len: p,
+        }
+    }
+
+    #[test]
+    fn masks_and_networks() {
+        assert_eq!(mask_of(24), 0xffff_ff00);
+        assert_eq!(mask_of(0), 0);
+        assert_eq!(mask_of(32), u32::MAX);
+        assert_eq!(
+            network_of(Ipv4Addr::new(10, 88, 3, 7), 16),
+            Ipv4Addr::new(10, 88, 0, 0)
+        );
+    }
+
+    #[test]
+    fn subnet_checks() {
+        check_subnet("x", Ipv4Addr::new(10, 88, 0, 1), 24).unwrap();
+        assert!(check_subnet("x", Ipv4Addr::new(10, 88, 0, 0), 24).is_err());
+        assert!(check_subnet("x", Ipv4Addr::new(10, 88, 0, 255), 24).is_err());
+        let err = check_subnet("bridge b", Ipv4Addr::new(10, 88, 0, 1), 31).unwrap_err();
+        assert!(err.to_string().contains("bridge b"), "{err}");
+        assert!(check_subnet("x", Ipv4Addr::new(10, 88, 0, 1), 4).is_err());
+    }
+
+    #[test]
+    fn host_addresses() {
+        let b = br([10, 88, 0, 1], 24);
+        assert!(is_host_addr(&b, Ipv4Addr::new(10, 88, 0, 2)));
+        assert!(is_host_addr(&b, Ipv4Addr::new(10, 88, 0, 254)));
+        assert!(!is_host_addr(&b, Ipv4Addr::new(10, 88, 0, 1)));
+        assert!(!is_host_addr(&b, Ipv4Addr::new(10, 88, 0, 0)));
+        assert!(!is_host_addr(&b, Ipv4Addr::new(10, 88, 0, 255)));
+        assert!(!is_host_addr(&b, Ipv4Addr::new(10, 88, 1, 2)));
+    }
+}

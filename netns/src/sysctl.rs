@@ -1,0 +1,71 @@
+//! The IPv4 forwarding switch (`net.ipv4.ip_forward`, see
+//! Documentation/networking/ip-sysctl.rst).
+//!
+//! Berth turns forwarding on only when its caller asks, and never turns it
+//! off: other services on the gateway may rely on it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn read_flag(path: &Path) -> Result<bool, Error> {
+    let s = fs::read_to_string(path).map_err(|source| Error::Sysctl {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(s.trim() != "0")
+}
+
+/// Whether IPv4 forwarding is on in the calling thread's namespace.
+pub fn ipv4_forwarding() -> Result<bool, Error> {
+    read_flag(Path::new(IP_FORWARD))
+}
+
+/// With `on`, turns IPv4 forwarding on (logged at info level when it was
+/// off). With `!on`, does nothing: Berth never turns forwarding off.
+pub fn set_ipv4_forwarding(on: bool) -> Result<(), Error> {
+    set_flag(Path::new(IP_FORWARD), on)
+}
+
+fn set_flag(path: &Path, on: bool) -> Result<(), Error> {
+    if !on {
+        tracing::debug!(sysctl = %path.display(), "not turning forwarding off: never done");
+        return Ok(());
+    }
+    if read_flag(path)? {
+        return Ok(());
+    }
+    fs::write(path, b"1\n").map_err(|source| Error::Sysctl {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    tracing::info!(sysctl = %path.display(), "enabled IPv4 forwarding");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_on_but_never_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ip_forward");
+        fs::write(&f, "0\n").unwrap();
+        set_flag(&f, false).unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "0\n");
+        set_flag(&f, true).unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "1\n");
+        set_flag(&f, false).unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "1\n");
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let err = set_flag(Path::new("/nonexistent/ip_forward"), true).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ip_forward"), "{err}");
+    }
+}

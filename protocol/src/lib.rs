@@ -36,6 +36,11 @@ pub mod frame;
 pub mod message;
 pub mod mqtt;
 
+#[cfg(feature = "std")]
+pub use announce::OwnedAnnounce;
 pub use announce::{Announce, AnnounceBuilder, DecodeError, EncodeError, FieldError, VerifyError};
+/// The Ed25519 implementation the signatures use, so callers name the same
+/// `VerifyingKey` type.
+pub use ed25519_dalek;
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME};
 pub use message::Message;

@@ -47,6 +47,9 @@ pub struct Identity {
     pub endpoint: Option<String>,
     pub usb: Option<UsbIds>,
     pub ble_company_id: Option<u16>,
+    /// A hardware address the device reported or was seen with (BLE or
+    /// MAC), lowercase; it links the same device across transports.
+    pub mac: Option<String>,
     /// Whether the device's announce signature was checked against a key
     /// of the named vendor (`false` when not checked or not signed).
     pub verified: bool,
@@ -64,10 +67,16 @@ pub struct Observation {
 }
 
 /// What a source sends to the merger.
+// Observations dominate the traffic; boxing them would cost an allocation
+// per event for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceEvent {
     Seen(Observation),
-    Gone { transport: Transport, address: String },
+    Gone {
+        transport: Transport,
+        address: String,
+    },
 }
 
 /// Stable device id: derived from vendor and serial number when known, else
@@ -110,6 +119,10 @@ pub enum DropReason {
     Denied,
     Flood,
     QueueFull,
+    /// A serial announce that does not echo the gateway's `Hello` nonce.
+    BadNonce,
+    /// An MQTT announce whose topic names another vendor or serial.
+    TopicMismatch,
 }
 
 /// Counters of dropped input, per reason. Shared by a source and whoever

@@ -6,6 +6,16 @@
 //! stable id, de-duplicates a device seen on two transports and emits
 //! [`event::DeviceEvent`]s. Malformed input is dropped and counted in
 //! [`event::Drops`], never a panic.
+//!
+//! Layout: [`event`] (shared types), [`rules`] (vendor rules and the ignore
+//! list), [`merger`] (the merged stream), [`announce`] (native announces
+//! to identities), [`serial`], [`ble`] and [`mqtt`] (the sources).
 #![forbid(unsafe_code)]
 
+pub mod announce;
+pub mod ble;
 pub mod event;
+pub mod merger;
+pub mod mqtt;
+pub mod rules;
+pub mod serial;

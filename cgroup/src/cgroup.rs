@@ -382,14 +382,22 @@ impl Cgroup {
     }
 
     fn kill_all(&self) -> Result<(), Error> {
-        if self.procs_recursive()?.is_empty() {
+        let pids = self.procs_recursive()?;
+        if pids.is_empty() {
             return Ok(());
+        }
+        // Never take the caller down with the jail.
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        if pids.contains(&me) {
+            return Err(self.invalid("task to kill (the calling process)", me));
         }
         // v2 (Linux 5.14+): one write kills the whole subtree.
         if let Some(u) = self.h.unified_mount() {
             let kill_file = u.join(&self.rel).join("cgroup.kill");
             if kill_file.exists() {
-                fsutil::write(&kill_file, "1")?;
+                if let Err(e) = fsutil::write(&kill_file, "1") {
+                    tracing::warn!(%e, "cgroup.kill failed; killing task by task");
+                }
             }
         }
         let freezer = self.target(Controller::Freezer)?.is_some();
@@ -1010,6 +1018,17 @@ mod tests {
             .path()
             .join("sys/fs/cgroup/memory/system.slice/x")
             .is_dir());
+    }
+
+    #[test]
+    fn destroy_refuses_to_kill_the_calling_process() {
+        let (_root, h) = fake(HYBRID, "");
+        let cg = Cgroup::create(&h, Path::new("berth/j")).unwrap();
+        let me = std::process::id().to_string();
+        files(&cg.dirs()[0], &[("cgroup.procs", me.as_str())]);
+        let err = cg.clone().destroy().unwrap_err();
+        assert!(matches!(err, Error::InvalidValue { .. }), "{err}");
+        assert!(cg.dirs().iter().all(|d| d.is_dir()));
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct Hierarchy {
     unified: Option<PathBuf>,
     /// Controllers the cgroup2 root lists in `cgroup.controllers`.
     v2_listed: BTreeSet<Controller>,
-    /// Devices through eBPF on the unified mount even where v1 has them.
-    devices_v2: bool,
+    /// Core v2 features used on the unified mount even where v1 has the
+    /// controller (see [`Hierarchy::with_v2`]).
+    forced_v2: BTreeSet<Controller>,
     prefix: PathBuf,
 }
 
@@ -117,7 +118,7 @@ impl Hierarchy {
             v1,
             unified,
             v2_listed,
-            devices_v2: false,
+            forced_v2: BTreeSet::new(),
             prefix: PathBuf::from(DEFAULT_PREFIX),
         })
     }
@@ -162,17 +163,27 @@ impl Hierarchy {
     /// Manages the device allow-list with an eBPF program on the cgroup2
     /// mount even where a v1 devices hierarchy exists (hybrid hosts). Fails
     /// where there is no cgroup2 mount.
-    pub fn with_v2_devices(mut self) -> Result<Hierarchy, Error> {
-        match &self.unified {
-            Some(_) => {
-                self.devices_v2 = true;
-                Ok(self)
-            }
-            None => Err(Error::Unavailable {
-                controller: Controller::Devices,
+    pub fn with_v2_devices(self) -> Result<Hierarchy, Error> {
+        self.with_v2(Controller::Devices)
+    }
+
+    /// Manages `c` on the cgroup2 mount even where a v1 hierarchy has it.
+    /// Only for what v2 provides without a controller in
+    /// `cgroup.controllers`: the device allow-list (eBPF), freezing
+    /// (`cgroup.freeze`, Linux 5.2+) and cpu accounting (`cpu.stat`).
+    pub fn with_v2(mut self, c: Controller) -> Result<Hierarchy, Error> {
+        let core = matches!(
+            c,
+            Controller::Devices | Controller::Freezer | Controller::Cpuacct
+        );
+        if !core || self.unified.is_none() {
+            return Err(Error::Unavailable {
+                controller: c,
                 path: PathBuf::from(MOUNTINFO),
-            }),
+            });
         }
+        self.forced_v2.insert(c);
+        Ok(self)
     }
 
     /// The cgroup2 mount point, if any.
@@ -192,7 +203,7 @@ impl Hierarchy {
         let v1 = self.v1_mount(c).map(|p| Backend::V1(p.to_path_buf()));
         let has_unified = self.unified.is_some();
         match c {
-            Controller::Devices if self.devices_v2 && has_unified => Some(Backend::V2),
+            _ if self.forced_v2.contains(&c) && has_unified => Some(Backend::V2),
             Controller::Devices | Controller::Freezer => {
                 v1.or(if has_unified { Some(Backend::V2) } else { None })
             }
@@ -426,6 +437,17 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(h.controller_version(Controller::Devices), Some(Layout::V2));
         assert!(!h.roots().iter().any(|r| r.ends_with("devices")));
+        let h = h
+            .with_v2(Controller::Freezer)
+            .unwrap()
+            .with_v2(Controller::Cpuacct)
+            .unwrap();
+        assert_eq!(h.controller_version(Controller::Freezer), Some(Layout::V2));
+        assert_eq!(h.controller_version(Controller::Cpuacct), Some(Layout::V2));
+        assert_eq!(h.controller_version(Controller::Cpu), Some(Layout::V1));
+        // v2 has no memory without the memory controller.
+        let err = h.with_v2(Controller::Memory).unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     }
 
     #[test]

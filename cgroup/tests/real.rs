@@ -381,6 +381,16 @@ fn memory_limit_oom_kills_a_hog() {
     assert_eq!(f.leftovers(), Vec::<PathBuf>::new());
 }
 
+/// Waits (bounded) until the cgroup has used 20 ms more CPU.
+fn runs(cg: &Cgroup) {
+    let start = cg.stats().unwrap().cpu_usage_us;
+    wait_for(
+        "the loop to use 20 ms of CPU",
+        Duration::from_secs(10),
+        || cg.stats().unwrap().cpu_usage_us - start >= 20_000,
+    );
+}
+
 fn usage_over(cg: &Cgroup, d: Duration) -> u64 {
     let a = cg.stats().unwrap().cpu_usage_us;
     thread::sleep(d);
@@ -426,14 +436,6 @@ fn freeze_stops_progress_and_thaw_resumes() {
     let i = f.spawn_gated("while :; do :; done");
     cg.attach(f.pid(i)).unwrap();
     f.release(i);
-    let runs = |cg: &Cgroup| {
-        let start = cg.stats().unwrap().cpu_usage_us;
-        wait_for(
-            "the loop to use 20 ms of CPU",
-            Duration::from_secs(10),
-            || cg.stats().unwrap().cpu_usage_us - start >= 20_000,
-        );
-    };
     runs(&cg);
 
     cg.freeze().unwrap();
@@ -623,5 +625,41 @@ fn v1_device_allow_list() {
     let out = device_probe(&mut f, &cg);
     assert_eq!(out, "/dev/null ok\n/dev/full errno 1\n");
     cg.destroy().unwrap();
+    assert_eq!(f.leftovers(), Vec::<PathBuf>::new());
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn v2_freeze_cpu_stat_and_kill_on_the_unified_mount() {
+    let _cpu = cpu_lock();
+    let h = host()
+        .with_v2(Controller::Freezer)
+        .unwrap()
+        .with_v2(Controller::Cpuacct)
+        .unwrap();
+    let mut f = Fixture::new(h);
+    let cg = f.create("j");
+    let unified = f.h.unified_mount().unwrap().join(cg.rel_path());
+    // The v1 freezer and cpuacct hierarchies are not used at all.
+    assert!(!v1_dir(&f, Controller::Freezer, cg.rel_path()).exists());
+    assert!(!v1_dir(&f, Controller::Cpuacct, cg.rel_path()).exists());
+
+    let i = f.spawn_gated("sleep 60 >/dev/null 2>&1 & while :; do :; done");
+    cg.attach(f.pid(i)).unwrap();
+    f.release(i);
+    runs(&cg); // usage_usec of the unified cpu.stat
+
+    cg.freeze().unwrap();
+    assert!(read(&unified.join("cgroup.events")).contains("frozen 1"));
+    let frozen = usage_over(&cg, Duration::from_millis(500));
+    assert!(frozen < 2_000, "frozen loop still used {frozen} µs");
+    cg.thaw().unwrap();
+    assert!(read(&unified.join("cgroup.events")).contains("frozen 0"));
+    runs(&cg);
+
+    cg.freeze().unwrap();
+    assert_eq!(cg.procs().unwrap().len(), 2);
+    cg.destroy().unwrap();
+    assert_eq!(f.wait(i, Duration::from_secs(5)).signal(), Some(9));
     assert_eq!(f.leftovers(), Vec::<PathBuf>::new());
 }

@@ -1,0 +1,750 @@
+//! Privileged tests of the netns crate against the real kernel: bridges,
+//! veths into named namespaces, addresses and routes inside them, and the
+//! nftables isolation policy, verified by traffic (busybox ping through
+//! nsenter, TCP connects from threads that entered a namespace) and by
+//! listing what exists afterwards (`ip`, `nft`, mountinfo).
+//!
+//! Run as root: `cargo test -p netns -- --include-ignored`. Every resource
+//! has a unique name (pid + counter) and a guard that removes it, also when
+//! an assertion fails.
+
+// A test harness: a failed step should panic with its message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use netns::{Allocator, BridgePolicy, Firewall, Net, Netns, NsRef, Policy, Proto};
+use nix::sched::{setns, CloneFlags};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:x}{n}", std::process::id());
+    assert!(name.len() <= 15, "test name {name} too long");
+    name
+}
+
+fn preconditions() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "precondition missing: must run as root (creates bridges, namespaces, nftables tables)"
+    );
+    for tool in ["busybox", "nsenter", "ip", "nft"] {
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "precondition missing: {tool} not found (apt-get install busybox-static util-linux iproute2 nftables)");
+    }
+}
+
+fn runtime_dir() -> PathBuf {
+    PathBuf::from(netns::DEFAULT_RUNTIME_DIR)
+}
+
+/// Routes (all tables) as (network, prefix) pairs.
+fn routes() -> Vec<(Ipv4Addr, u8)> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "route", "show", "table", "all"])
+        .output()
+        .expect("ip route");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let kinds = [
+        "local",
+        "broadcast",
+        "unicast",
+        "multicast",
+        "blackhole",
+        "unreachable",
+        "prohibit",
+        "throw",
+        "nat",
+        "anycast",
+    ];
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let mut toks = line.split_whitespace();
+        let mut dst = toks.next().unwrap_or("");
+        if kinds.contains(&dst) {
+            dst = toks.next().unwrap_or("");
+        }
+        if dst == "default" {
+            continue;
+        }
+        let (a, p) = dst.split_once('/').unwrap_or((dst, "32"));
+        if let (Ok(a), Ok(p)) = (a.parse::<Ipv4Addr>(), p.parse::<u8>()) {
+            v.push((a, p));
+        }
+    }
+    v
+}
+
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let p = a.1.min(b.1);
+    let mask = if p == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(p))
+    };
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+static SUBNET: AtomicU32 = AtomicU32::new(0);
+
+/// A free 10.213.x.0/24 (no route covers it); distinct per call in this
+/// process.
+fn free_subnet() -> Ipv4Addr {
+    let existing = routes();
+    for _ in 0..200 {
+        let i = SUBNET.fetch_add(1, Ordering::Relaxed);
+        let x = ((std::process::id() + i * 7) % 200 + 20) as u8;
+        let net = Ipv4Addr::new(10, 213, x, 0);
+        if !existing.iter().any(|r| overlaps(*r, (net, 24))) {
+            return net;
+        }
+    }
+    panic!("precondition missing: no free 10.213.x.0/24 subnet (routes cover them all)");
+}
+
+fn host(net: Ipv4Addr, h: u8) -> Ipv4Addr {
+    let o = net.octets();
+    Ipv4Addr::new(o[0], o[1], o[2], h)
+}
+
+/// Deletes a link by name when dropped (test-side cleanup with `ip`).
+struct LinkGuard(String);
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Removes a named namespace when dropped.
+struct NsGuard {
+    ns: Option<Netns>,
+    name: String,
+}
+impl NsGuard {
+    fn create() -> NsGuard {
+        let name = format!(
+            "berth-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = Netns::create(&name).expect("create netns");
+        NsGuard { ns: Some(ns), name }
+    }
+    fn ns(&self) -> &Netns {
+        self.ns.as_ref().expect("namespace present")
+    }
+    fn path(&self) -> PathBuf {
+        runtime_dir().join(&self.name)
+    }
+}
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if let Some(ns) = self.ns.take() {
+            let _ = ns.remove();
+        }
+        let _ = Netns::remove_in(&runtime_dir(), &self.name);
+    }
+}
+
+/// Removes an nftables table when dropped.
+struct TableGuard(Firewall);
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+/// Runs `f` on a thread that entered the namespace at `path`.
+fn in_ns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(path).expect("open netns file");
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn ping(from: &Path, to: Ipv4Addr) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={}", from.display()))
+        .args(["busybox", "ping", "-c", "1", "-W", "1", &to.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run nsenter busybox ping")
+        .success()
+}
+
+fn tcp(from: &Path, to: SocketAddrV4) -> bool {
+    in_ns(from, move || {
+        TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_millis(1500)).is_ok()
+    })
+}
+
+fn listen_in(ns: &Path, addr: Ipv4Addr) -> (TcpListener, SocketAddrV4) {
+    let l = in_ns(ns, move || {
+        TcpListener::bind((addr, 0)).expect("bind in namespace")
+    });
+    let port = l.local_addr().expect("local addr").port();
+    (l, SocketAddrV4::new(addr, port))
+}
+
+/// The source address of the next connection on `l`, waiting up to 3 s.
+fn accept_peer(l: &TcpListener) -> Option<Ipv4Addr> {
+    l.set_nonblocking(true).expect("nonblocking");
+    for _ in 0..150 {
+        match l.accept() {
+            Ok((_, SocketAddr::V4(a))) => return Some(*a.ip()),
+            Ok(_) => return None,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    None
+}
+
+fn in_ns_output(ns: &Path, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(args)
+        .output()
+        .expect("run nsenter");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn host_links() -> String {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn nft_tables() -> String {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn bridge_policy(
+    name: &str,
+    net: Ipv4Addr,
+    ports: &[(Proto, u16)],
+    allow_to: &[&str],
+) -> BridgePolicy {
+    BridgePolicy {
+        bridge: name.to_string(),
+        subnet: net,
+        prefix_len: 24,
+        gateway: host(net, 1),
+        host_ports: ports.to_vec(),
+        allow_to: allow_to.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "privileged: needs root"]
+async fn two_bridges_isolation_host_ports_and_teardown() {
+    preconditions();
+    netns::set_ipv4_forwarding(true).expect("enable forwarding");
+    assert!(netns::ipv4_forwarding().unwrap());
+    let net = Net::connect().await.expect("connect");
+
+    let (na, nb) = (free_subnet(), free_subnet());
+    let (gwa, gwb) = (host(na, 1), host(nb, 1));
+    let (bra, brb) = (unique("btA"), unique("btB"));
+    let _ga = LinkGuard(bra.clone());
+    let _gb = LinkGuard(brb.clone());
+    let bridge_a = net.ensure_bridge(&bra, gwa, 24).await.expect("bridge A");
+    let bridge_b = net.ensure_bridge(&brb, gwb, 24).await.expect("bridge B");
+    // Idempotent.
+    assert_eq!(
+        net.ensure_bridge(&bra, gwa, 24)
+            .await
+            .expect("bridge A again"),
+        bridge_a
+    );
+    let addrs = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "dev", &bra])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert_eq!(addrs.matches(&format!("{gwa}/24")).count(), 1, "{addrs}");
+
+    let state = tempfile::tempdir().unwrap();
+    let mut alloc_a = Allocator::open(state.path(), &bra, gwa, 24).unwrap();
+    let mut alloc_b = Allocator::open(state.path(), &brb, gwb, 24).unwrap();
+
+    let (a1, a2, b1) = (NsGuard::create(), NsGuard::create(), NsGuard::create());
+    let mut veths = Vec::new();
+    let mut guards = Vec::new();
+    for (ns, on_a) in [(&a1, true), (&a2, true), (&b1, false)] {
+        let (bridge, alloc) = if on_a {
+            (&bridge_a, &mut alloc_a)
+        } else {
+            (&bridge_b, &mut alloc_b)
+        };
+        let host_if = unique("btv");
+        guards.push(LinkGuard(host_if.clone()));
+        let addr = alloc.allocate(&ns.name).unwrap();
+        let v = net
+            .add_veth(bridge, &host_if, "eth0", ns.ns().ns_ref(), addr)
+            .await
+            .expect("add veth");
+        assert!(net.link_exists(&host_if).await.unwrap());
+        // The jail end lives in the other namespace: the host sees only
+        // the peer's namespace id.
+        let inside = in_ns_output(
+            &ns.path(),
+            &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+        );
+        assert!(inside.contains(&format!("{addr}/24")), "{inside}");
+        let lo = in_ns_output(&ns.path(), &["ip", "-o", "link", "show", "dev", "lo"]);
+        assert!(lo.contains("UP"), "lo not up: {lo}");
+        let route = in_ns_output(&ns.path(), &["ip", "-4", "route", "show", "default"]);
+        assert!(
+            route.contains(&format!("default via {} dev eth0", bridge.gateway)),
+            "{route}"
+        );
+        let master = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "link", "show", "dev", &host_if])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string();
+        assert!(
+            master.contains(&format!("master {}", bridge.name))
+                && master.contains("UP")
+                && master.contains("link-netns"),
+            "{master}"
+        );
+        veths.push(v);
+    }
+    let (ip_a1, ip_a2, ip_b1) = (veths[0].addr, veths[1].addr, veths[2].addr);
+    assert_ne!(ip_a1, ip_a2);
+
+    let (_lb1, b1_svc) = listen_in(&b1.path(), ip_b1);
+    let (_la2, a2_svc) = listen_in(&a2.path(), ip_a2);
+    let (_la1, _) = listen_in(&a1.path(), ip_a1);
+    let host_listener = TcpListener::bind((gwa, 0)).expect("host listener on gateway A");
+    let host_svc = SocketAddrV4::new(gwa, host_listener.local_addr().unwrap().port());
+
+    // An "uplink" peer: a namespace behind a bridge that is not in the
+    // policy (a non-Berth interface), to see masquerading at work.
+    let nu = free_subnet();
+    let gwu = host(nu, 1);
+    let bru = unique("btU");
+    let _gu = LinkGuard(bru.clone());
+    let bridge_u = net
+        .ensure_bridge(&bru, gwu, 24)
+        .await
+        .expect("uplink bridge");
+    let up = NsGuard::create();
+    let up_if = unique("btv");
+    guards.push(LinkGuard(up_if.clone()));
+    let up_veth = net
+        .add_veth(&bridge_u, &up_if, "eth0", up.ns().ns_ref(), host(nu, 2))
+        .await
+        .expect("uplink veth");
+    let (up_listener, up_svc) = listen_in(&up.path(), up_veth.addr);
+
+    // Without our table, everything flows: the checks below can fail.
+    assert!(ping(&a1.path(), gwa), "a1 cannot ping its gateway");
+    assert!(ping(&b1.path(), gwb), "b1 cannot ping its gateway");
+    assert!(
+        ping(&a1.path(), ip_a2),
+        "a1 cannot ping a2 on the same bridge"
+    );
+    assert!(
+        ping(&a1.path(), ip_b1) && tcp(&a1.path(), b1_svc) && tcp(&a1.path(), host_svc),
+        "precondition missing: traffic between test bridges and to the host does not flow without our firewall (another firewall on the host?)"
+    );
+
+    assert!(tcp(&a1.path(), up_svc), "a1 cannot reach the uplink peer");
+    assert_eq!(
+        accept_peer(&up_listener),
+        Some(ip_a1),
+        "source rewritten without our table"
+    );
+
+    let fw = TableGuard(Firewall::new(&format!("berth_t{}", unique("t"))));
+    let mut policy = Policy {
+        bridges: vec![
+            bridge_policy(&bra, na, &[], &[]),
+            bridge_policy(&brb, nb, &[], &[]),
+        ],
+        uplink_masquerade: true,
+    };
+    fw.0.apply(&policy).expect("apply policy");
+    fw.0.apply(&policy)
+        .expect("apply policy again (idempotent)");
+    assert!(fw.0.exists().unwrap());
+
+    // Egress to a non-Berth interface is masqueraded: the peer sees the
+    // host's address on its side, not the jail's.
+    assert!(tcp(&a1.path(), up_svc), "a1 cannot reach the uplink peer");
+    assert_eq!(
+        accept_peer(&up_listener),
+        Some(gwu),
+        "egress not masqueraded"
+    );
+    // Same bridge: allowed; own gateway answers ping.
+    assert!(
+        ping(&a1.path(), gwa),
+        "a1 cannot ping its gateway under the policy"
+    );
+    assert!(
+        ping(&b1.path(), gwb),
+        "b1 cannot ping its gateway under the policy"
+    );
+    assert!(ping(&a1.path(), ip_a2), "same-bridge ping blocked");
+    assert!(tcp(&a1.path(), a2_svc), "same-bridge tcp blocked");
+    // Across bridges: blocked both ways.
+    assert!(!ping(&a1.path(), ip_b1), "a1 reached b1 by ping");
+    assert!(!tcp(&a1.path(), b1_svc), "a1 reached b1 by tcp");
+    assert!(!ping(&b1.path(), ip_a1), "b1 reached a1 by ping");
+    // Host services: blocked unless allowed; other host addresses too.
+    assert!(!tcp(&a1.path(), host_svc), "a1 reached the host service");
+    assert!(
+        !ping(&a1.path(), gwb),
+        "a1 pinged the other bridge's gateway"
+    );
+
+    // Allow A → B and the host port for A.
+    policy.bridges[0] = bridge_policy(&bra, na, &[(Proto::Tcp, host_svc.port())], &[&brb]);
+    fw.0.apply(&policy).expect("apply second policy");
+    assert!(tcp(&a1.path(), host_svc), "allowed host port unreachable");
+    assert!(ping(&a1.path(), ip_b1), "allow_to: a1 cannot ping b1");
+    assert!(
+        tcp(&a1.path(), b1_svc),
+        "allow_to: a1 cannot reach b1 by tcp"
+    );
+    assert!(
+        !ping(&b1.path(), ip_a1),
+        "allow_to is one-way, yet b1 pinged a1"
+    );
+    assert!(
+        !tcp(&b1.path(), SocketAddrV4::new(ip_a1, 1)),
+        "b1 reached a1 by tcp"
+    );
+    // B has no host port.
+    assert!(
+        !tcp(&b1.path(), SocketAddrV4::new(gwb, host_svc.port())),
+        "b1 reached a host port"
+    );
+
+    // Teardown through the crate.
+    net.delete_link(&up_if).await.expect("delete uplink veth");
+    net.delete_bridge(&bru).await.expect("delete uplink bridge");
+    drop(up);
+    for (v, ns, on_a) in [
+        (&veths[0], &a1, true),
+        (&veths[1], &a2, true),
+        (&veths[2], &b1, false),
+    ] {
+        let alloc = if on_a { &mut alloc_a } else { &mut alloc_b };
+        net.delete_link(&v.host_if).await.expect("delete veth");
+        net.delete_link(&v.host_if)
+            .await
+            .expect("delete veth again");
+        alloc.release(&ns.name).unwrap();
+    }
+    fw.0.remove().expect("remove table");
+    fw.0.remove().expect("remove table again");
+    net.delete_bridge(&bra).await.expect("delete bridge A");
+    net.delete_bridge(&brb).await.expect("delete bridge B");
+    net.delete_bridge(&brb)
+        .await
+        .expect("delete bridge B again");
+    let ns_paths = [a1.path(), a2.path(), b1.path()];
+    for g in [a1, a2, b1] {
+        let mut g = g;
+        g.ns.take().unwrap().remove().expect("remove netns");
+    }
+
+    // Nothing of ours is left.
+    let links = host_links();
+    for name in [
+        &bra,
+        &brb,
+        &bru,
+        &up_if,
+        &veths[0].host_if,
+        &veths[1].host_if,
+        &veths[2].host_if,
+    ] {
+        assert!(!net.link_exists(name).await.unwrap(), "{name} still exists");
+        assert!(
+            !links.contains(&format!(" {name}:")) && !links.contains(&format!(" {name}@")),
+            "{name} in {links}"
+        );
+    }
+    assert!(!fw.0.exists().unwrap());
+    assert!(!nft_tables().contains(fw.0.table()), "{}", nft_tables());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for p in ns_paths {
+        assert!(!p.exists(), "{} left", p.display());
+        assert!(
+            !mounts.contains(&p.display().to_string()),
+            "{} still mounted",
+            p.display()
+        );
+    }
+    let reopened = Allocator::open(state.path(), &bra, gwa, 24).unwrap();
+    assert_eq!(reopened.leases().count(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "privileged: needs root"]
+async fn veth_into_namespace_of_a_pid() {
+    preconditions();
+    let net = Net::connect().await.expect("connect");
+    let subnet = free_subnet();
+    let br = unique("btP");
+    let _gb = LinkGuard(br.clone());
+    let bridge = net.ensure_bridge(&br, host(subnet, 1), 24).await.unwrap();
+    let ns = NsGuard::create();
+
+    // A process living in the namespace, as a jail's init would.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["busybox", "sleep", "30"])
+        .spawn()
+        .expect("spawn sleeper");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id() as i32;
+    let want = std::fs::metadata(ns.path())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let mut entered = false;
+    for _ in 0..100 {
+        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            if std::os::unix::fs::MetadataExt::ino(&m) == want {
+                entered = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = &mut child;
+    let _kill = Kill(child);
+    assert!(entered, "sleeper never entered the namespace");
+
+    let host_if = unique("btq");
+    let _gv = LinkGuard(host_if.clone());
+    let addr = host(subnet, 9);
+    net.add_veth(&bridge, &host_if, "eth0", NsRef::Pid(pid), addr)
+        .await
+        .expect("add veth by pid");
+    assert!(
+        ping(&ns.path(), bridge.gateway),
+        "jail end by pid cannot ping the gateway"
+    );
+
+    // Errors name what they are about, and a failed add leaves nothing.
+    let other = unique("btq");
+    let _go = LinkGuard(other.clone());
+    let err = net
+        .add_veth(&bridge, &other, "eth0", NsRef::Pid(pid), host(subnet, 10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&other), "{err}");
+    assert!(!net.link_exists(&other).await.unwrap());
+    let err = net
+        .add_veth(&bridge, &other, "eth1", NsRef::Pid(pid), host(subnet, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a usable host address"),
+        "{err}"
+    );
+    let err = net
+        .add_veth(&bridge, &other, "eth1", NsRef::Pid(i32::MAX), addr)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("pid {}", i32::MAX)),
+        "{err}"
+    );
+    assert!(!net.link_exists(&other).await.unwrap());
+
+    net.delete_link(&host_if).await.unwrap();
+    net.delete_bridge(&br).await.unwrap();
+    assert!(!net.link_exists(&host_if).await.unwrap());
+    assert!(!net.link_exists(&br).await.unwrap());
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "privileged: needs root"]
+async fn bridge_name_taken_by_another_kind_is_refused() {
+    preconditions();
+    let net = Net::connect().await.expect("connect");
+    let name = unique("btD");
+    let _g = LinkGuard(name.clone());
+    let peer = unique("btE");
+    let _gp = LinkGuard(peer.clone());
+    let status = Command::new("ip")
+        .args(["link", "add", &name, "type", "veth", "peer", "name", &peer])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "precondition missing: cannot create a veth link"
+    );
+    let subnet = free_subnet();
+    let err = net
+        .ensure_bridge(&name, host(subnet, 1), 24)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, netns::Error::NotABridge(ref n) if *n == name),
+        "{err}"
+    );
+    let err = net.delete_bridge(&name).await.unwrap_err();
+    assert!(matches!(err, netns::Error::NotABridge(_)), "{err}");
+    assert!(
+        net.link_exists(&name).await.unwrap(),
+        "a non-bridge was deleted"
+    );
+    net.delete_link(&name).await.unwrap();
+    assert!(!net.link_exists(&name).await.unwrap());
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn firewall_ruleset_as_the_kernel_sees_it() {
+    preconditions();
+    let fw = TableGuard(Firewall::new(&format!("berth_t{}", unique("k"))));
+    assert!(!fw.0.exists().unwrap());
+    fw.0.remove().expect("remove of an absent table is ok");
+    let policy = Policy {
+        bridges: vec![
+            bridge_policy(
+                "btkA",
+                Ipv4Addr::new(10, 213, 250, 0),
+                &[(Proto::Udp, 53)],
+                &["btkB"],
+            ),
+            bridge_policy("btkB", Ipv4Addr::new(10, 213, 251, 0), &[], &[]),
+        ],
+        uplink_masquerade: true,
+    };
+    fw.0.apply(&policy).unwrap();
+    fw.0.apply(&policy).unwrap();
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", fw.0.table()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for needle in [
+        "type filter hook input priority filter; policy accept;",
+        "type filter hook forward priority filter; policy accept;",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        r#"iifname "btkA" ct state established,related accept"#,
+        r#"iifname "btkA" ip daddr 10.213.250.1 icmp type echo-request accept"#,
+        r#"iifname "btkA" udp dport 53 accept"#,
+        r#"iifname "btkA" drop"#,
+        r#"iifname "btkA" oifname "btkB" accept"#,
+        r#"iifname "btkB" oifname "btkA" drop"#,
+        r#"ip saddr 10.213.250.0/24 oifname != "btkA" oifname != "btkB" masquerade"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // Applying twice did not duplicate anything.
+    assert_eq!(text.matches(r#"iifname "btkA" drop"#).count(), 1, "{text}");
+
+    // A refused batch changes nothing: the old rules stay.
+    let bad = Policy {
+        bridges: vec![bridge_policy(
+            "btkA",
+            Ipv4Addr::new(10, 213, 250, 0),
+            &[],
+            &["nope"],
+        )],
+        uplink_masquerade: false,
+    };
+    assert!(fw.0.apply(&bad).is_err());
+    let again = Command::new("nft")
+        .args(["list", "table", "inet", fw.0.table()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
+
+    fw.0.remove().unwrap();
+    assert!(!fw.0.exists().unwrap());
+    assert!(!nft_tables().contains(fw.0.table()));
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn named_namespace_lifecycle() {
+    preconditions();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("ns");
+    let ns = Netns::create_in(dir.path(), &name).expect("create");
+    struct Cleanup(PathBuf, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Netns::remove_in(&self.0, &self.1);
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _c = Cleanup(dir.path().to_path_buf(), name.clone());
+    assert!(matches!(
+        Netns::create_in(dir.path(), &name),
+        Err(netns::Error::NamespaceExists(_))
+    ));
+    // A distinct namespace from ours, with only a loopback that is down.
+    let ours = std::fs::metadata("/proc/self/ns/net").unwrap();
+    let theirs = std::fs::metadata(ns.path()).unwrap();
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&ours),
+        std::os::unix::fs::MetadataExt::ino(&theirs)
+    );
+    let links = in_ns_output(ns.path(), &["ip", "-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:"), "{links}");
+    let opened = Netns::open_in(dir.path(), &name).expect("open");
+    assert_eq!(opened.path(), ns.path());
+    drop(opened);
+    let path = ns.path().to_path_buf();
+    ns.remove().expect("remove");
+    assert!(!path.exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&path.display().to_string()));
+    Netns::remove_in(dir.path(), &name).expect("remove again");
+    assert!(Netns::open_in(dir.path(), &name).is_err());
+}

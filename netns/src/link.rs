@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use futures_util::{pin_mut, TryStreamExt};
 use netlink_packet_route::address::AddressAttribute;
@@ -32,7 +32,8 @@ pub enum NsRef {
     /// `clone(CLONE_NEWNET)`).
     Pid(i32),
     /// An open network-namespace file (`/proc/PID/ns/net` or a bind mount of
-    /// it, see [`crate::Netns`]). The caller keeps it open during the call.
+    /// it, see [`crate::Netns`]) or a pidfd of a process in the namespace.
+    /// The caller keeps it open during the call.
     Fd(RawFd),
 }
 
@@ -327,14 +328,11 @@ impl Net {
             Some(_) => return Err(Error::NotABridge(bridge.name.clone())),
             None => return Err(Error::NoSuchBridge(bridge.name.clone())),
         };
-        // Validate the namespace reference before creating anything, so a
-        // bad pid or fd is reported as such rather than as a netlink error.
-        drop(crate::ns::open_ns(&ns)?);
-        let peer = LinkUnspec::new_with_name(jail_if);
-        let peer = match ns {
-            NsRef::Pid(pid) => peer.setns_by_pid(pid.unsigned_abs()),
-            NsRef::Fd(fd) => peer.setns_by_fd(fd),
-        };
+        // Resolve the namespace once, before creating anything: a bad pid or
+        // fd is reported as such, and the peer and the configuring socket
+        // are sure to land in the same namespace.
+        let ns_fd = crate::ns::open_ns(&ns)?;
+        let peer = LinkUnspec::new_with_name(jail_if).setns_by_fd(ns_fd.as_raw_fd());
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_if)
             .controller(bridge_index)
@@ -347,7 +345,7 @@ impl Net {
         ))?;
         tracing::info!(host_if, jail_if, bridge = bridge.name, "created veth pair");
 
-        if let Err(e) = configure_inside(&ns, jail_if, addr, bridge).await {
+        if let Err(e) = configure_inside(&ns, ns_fd, jail_if, addr, bridge).await {
             let cleanup = self.delete_link(host_if).await;
             return Err(Error::with_cleanup(e, cleanup));
         }
@@ -394,12 +392,13 @@ impl Net {
 /// socket opened in `ns`; the connection ends with this function.
 async fn configure_inside(
     ns: &NsRef,
+    ns_fd: OwnedFd,
     jail_if: &str,
     addr: Ipv4Addr,
     bridge: &Bridge,
 ) -> Result<(), Error> {
     let where_ = crate::ns::describe(ns);
-    let socket = crate::ns::route_socket_in(ns).await?;
+    let socket = crate::ns::route_socket_in(ns, ns_fd).await?;
     let (connection, handle, _) = rtnetlink::from_socket(crate::sys::into_tokio_socket(socket));
     let task = tokio::spawn(connection);
     let result = async {

@@ -244,35 +244,90 @@ pub(crate) fn describe(ns: &NsRef) -> String {
     }
 }
 
-/// Opens an fd we own on the namespace `ns` refers to.
+/// Opens an fd we own on the network namespace `ns` refers to: an nsfs
+/// file, whatever the caller passed (a pid, a namespace file or a pidfd).
+///
+/// Resolving once, up front, means the veth's peer and the configuring
+/// socket cannot end up in two different namespaces if a pid is reused
+/// meanwhile. `IFLA_NET_NS_FD` only takes namespace files (rtnetlink(7),
+/// `get_net_ns_by_fd`), so a pidfd is turned into one here.
 pub(crate) fn open_ns(ns: &NsRef) -> Result<OwnedFd, Error> {
     let err = |op, source| Error::Namespace {
         namespace: describe(ns),
         op,
         source,
     };
+    let by_pid = |pid: i32| {
+        if pid <= 0 {
+            return Err(err(
+                "checking the pid",
+                io::Error::new(io::ErrorKind::InvalidInput, "pid must be positive"),
+            ));
+        }
+        File::open(format!("/proc/{pid}/ns/net"))
+            .map(OwnedFd::from)
+            .map_err(|e| err("opening /proc/PID/ns/net", e))
+    };
     match *ns {
-        NsRef::Pid(pid) => {
-            if pid <= 0 {
+        NsRef::Pid(pid) => by_pid(pid),
+        NsRef::Fd(fd) => {
+            let owned = crate::sys::dup_raw_fd(fd).map_err(|e| err("duplicating the fd", e))?;
+            let fs = nix::sys::statfs::fstatfs(&owned)
+                .map_err(|e| err("fstatfs", e.into()))?
+                .filesystem_type();
+            if fs == nix::sys::statfs::NSFS_MAGIC {
+                return Ok(owned);
+            }
+            // Not a namespace file: a pidfd names its process in fdinfo
+            // (proc(5), "Pid:"; -1 once the process has exited).
+            let pid_now = || pidfd_pid(&owned);
+            let pid = match pid_now() {
+                Some(pid) if pid > 0 => pid,
+                Some(_) => {
+                    return Err(err(
+                        "resolving the pidfd",
+                        io::Error::new(io::ErrorKind::NotFound, "the process has exited"),
+                    ))
+                }
+                None => {
+                    return Err(err(
+                        "checking the fd",
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "neither a network namespace file nor a pidfd",
+                        ),
+                    ))
+                }
+            };
+            let ns_fd = by_pid(pid)?;
+            // The pidfd pins the pid while its process lives: if it still
+            // names the same pid, /proc/PID was that process.
+            if pid_now() != Some(pid) {
                 return Err(err(
-                    "checking the pid",
-                    io::Error::new(io::ErrorKind::InvalidInput, "pid must be positive"),
+                    "resolving the pidfd",
+                    io::Error::new(io::ErrorKind::NotFound, "the process has exited"),
                 ));
             }
-            let path = format!("/proc/{pid}/ns/net");
-            File::open(&path)
-                .map(OwnedFd::from)
-                .map_err(|e| err("opening /proc/PID/ns/net", e))
+            Ok(ns_fd)
         }
-        NsRef::Fd(fd) => crate::sys::dup_raw_fd(fd).map_err(|e| err("duplicating the fd", e)),
     }
+}
+
+/// The pid a pidfd refers to, from `/proc/self/fdinfo/FD` (-1 once its
+/// process has exited); `None` if `fd` is no pidfd.
+fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Opens a blocking netlink route socket inside `ns`, on a short-lived
 /// dedicated thread that setns(2)es into it; the socket stays bound to that
 /// namespace after the thread ends. The thread is waited for asynchronously.
-pub(crate) async fn route_socket_in(ns: &NsRef) -> Result<Socket, Error> {
-    let fd = open_ns(ns)?;
+pub(crate) async fn route_socket_in(ns: &NsRef, fd: OwnedFd) -> Result<Socket, Error> {
     let what = describe(ns);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_what = what.clone();
@@ -343,10 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn own_namespace_resolves_by_pid_and_by_file() {
+        let me = std::process::id() as i32;
+        let a = open_ns(&NsRef::Pid(me)).unwrap();
+        let file = File::open("/proc/self/ns/net").unwrap();
+        let b = open_ns(&NsRef::Fd(file.as_raw_fd())).unwrap();
+        let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        assert_eq!(ino(&a), ino(&b));
+    }
+
+    #[test]
     fn bad_pid_is_refused() {
         let err = open_ns(&NsRef::Pid(0)).unwrap_err();
         assert!(err.to_string().contains("pid 0"), "{err}");
         let err = open_ns(&NsRef::Fd(-1)).unwrap_err();
         assert!(err.to_string().contains("fd -1"), "{err}");
+        let file = File::open("/proc/self/status").unwrap();
+        let err = open_ns(&NsRef::Fd(file.as_raw_fd())).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither a network namespace file nor a pidfd"),
+            "{err}"
+        );
     }
 }

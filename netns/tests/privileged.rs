@@ -13,6 +13,8 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -178,6 +180,54 @@ fn in_ns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static)
     })
     .join()
     .expect("namespace thread")
+}
+
+/// A process sleeping in a namespace (as a jail's init would live there),
+/// killed by pid when dropped.
+struct Sleeper(std::process::Child);
+impl Sleeper {
+    fn start(ns: &Path) -> Sleeper {
+        let want = std::fs::metadata(ns).expect("netns file").ino();
+        let s = Sleeper(
+            Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .args(["busybox", "sleep", "60"])
+                .spawn()
+                .expect("spawn sleeper"),
+        );
+        let pid = s.pid();
+        for _ in 0..200 {
+            let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+            if ino.ok() == Some(want) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("sleeper {pid} never entered {}", ns.display());
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pidfd_open(pid: i32) -> OwnedFd {
+    // SAFETY: pidfd_open(2) takes a pid and a flags word and returns a new
+    // fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "precondition missing: pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` was just returned by pidfd_open, is open and owned by
+    // nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
 fn ping(from: &Path, to: Ipv4Addr) -> bool {
@@ -528,35 +578,8 @@ async fn veth_into_namespace_of_a_pid() {
     let ns = NsGuard::create();
 
     // A process living in the namespace, as a jail's init would.
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["busybox", "sleep", "30"])
-        .spawn()
-        .expect("spawn sleeper");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = child.id() as i32;
-    let want = std::fs::metadata(ns.path())
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-    let mut entered = false;
-    for _ in 0..100 {
-        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
-            if std::os::unix::fs::MetadataExt::ino(&m) == want {
-                entered = true;
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = &mut child;
-    let _kill = Kill(child);
-    assert!(entered, "sleeper never entered the namespace");
+    let sleeper = Sleeper::start(&ns.path());
+    let pid = sleeper.pid();
 
     let host_if = unique("btq");
     let _gv = LinkGuard(host_if.clone());
@@ -568,6 +591,51 @@ async fn veth_into_namespace_of_a_pid() {
         ping(&ns.path(), bridge.gateway),
         "jail end by pid cannot ping the gateway"
     );
+
+    // The same through a pidfd of a process in another namespace.
+    let ns2 = NsGuard::create();
+    let sleeper2 = Sleeper::start(&ns2.path());
+    let pidfd = pidfd_open(sleeper2.pid());
+    let host_if2 = unique("btq");
+    let _gv2 = LinkGuard(host_if2.clone());
+    net.add_veth(
+        &bridge,
+        &host_if2,
+        "eth0",
+        NsRef::Fd(pidfd.as_raw_fd()),
+        host(subnet, 12),
+    )
+    .await
+    .expect("add veth by pidfd");
+    let inside = in_ns_output(
+        &ns2.path(),
+        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+    );
+    assert!(
+        inside.contains(&format!("{}/24", host(subnet, 12))),
+        "{inside}"
+    );
+    assert!(
+        ping(&ns2.path(), host(subnet, 9)),
+        "pidfd jail cannot reach the pid jail"
+    );
+    drop(sleeper2);
+    // The process is gone: its pidfd no longer leads to a namespace.
+    let other2 = unique("btq");
+    let _go2 = LinkGuard(other2.clone());
+    let err = net
+        .add_veth(
+            &bridge,
+            &other2,
+            "eth0",
+            NsRef::Fd(pidfd.as_raw_fd()),
+            host(subnet, 13),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has exited"), "{err}");
+    assert!(!net.link_exists(&other2).await.unwrap());
+    net.delete_link(&host_if2).await.unwrap();
 
     // Errors name what they are about, and a failed add leaves nothing.
     let other = unique("btq");

@@ -115,7 +115,8 @@ fn seed_corpus_is_current() {
 
 #[test]
 fn corpus_passes_the_fuzz_checks() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 4] = [
         ("announce_decode", checks::announce_decode),
         ("message_decode", checks::message_decode),
         ("frame_decoder", checks::frame_decoder),

@@ -32,4 +32,4 @@ pub use error::Error;
 pub use firewall::{BridgePolicy, Firewall, Policy, Proto};
 pub use link::{Bridge, Net, NsRef, Veth};
 pub use ns::{Netns, DEFAULT_RUNTIME_DIR};
-pub use sysctl::{ipv4_forwarding, set_ipv4_forwarding};
+pub use sysctl::{enable_ipv4_forwarding, ipv4_forwarding, set_ipv4_forwarding};

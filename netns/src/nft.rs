@@ -8,6 +8,11 @@
 //! `NFNL_MSG_BATCH_BEGIN`/`END`: the kernel applies all of it or nothing
 //! (one transaction), and with `NLM_F_ACK` answers each message once.
 //!
+//! Built here rather than taken from the `rustables` crate (pure-Rust
+//! nftables over netlink) because that crate is GPL-3.0-or-later, which
+//! Berth's Apache-2.0 license cannot take in; the few messages we need are
+//! small.
+//!
 //! Encoding is pure and unit-tested; [`send_batch`] and [`table_exists`] are
 //! the only code that talks to the kernel.
 

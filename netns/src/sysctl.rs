@@ -27,23 +27,33 @@ pub fn ipv4_forwarding() -> Result<bool, Error> {
 /// With `on`, turns IPv4 forwarding on (logged at info level when it was
 /// off). With `!on`, does nothing: Berth never turns forwarding off.
 pub fn set_ipv4_forwarding(on: bool) -> Result<(), Error> {
-    set_flag(Path::new(IP_FORWARD), on)
+    if on {
+        enable_ipv4_forwarding().map(drop)
+    } else {
+        tracing::debug!(
+            sysctl = IP_FORWARD,
+            "not turning forwarding off: Berth never does"
+        );
+        Ok(())
+    }
 }
 
-fn set_flag(path: &Path, on: bool) -> Result<(), Error> {
-    if !on {
-        tracing::debug!(sysctl = %path.display(), "not turning forwarding off: never done");
-        return Ok(());
-    }
+/// Turns IPv4 forwarding on; returns whether it was off (so the caller can
+/// report that it changed the host's setting).
+pub fn enable_ipv4_forwarding() -> Result<bool, Error> {
+    enable_flag(Path::new(IP_FORWARD))
+}
+
+fn enable_flag(path: &Path) -> Result<bool, Error> {
     if read_flag(path)? {
-        return Ok(());
+        return Ok(false);
     }
     fs::write(path, b"1\n").map_err(|source| Error::Sysctl {
         path: PathBuf::from(path),
         source,
     })?;
     tracing::info!(sysctl = %path.display(), "enabled IPv4 forwarding");
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -51,21 +61,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn turns_on_but_never_off() {
+    fn turns_on_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ip_forward");
         fs::write(&f, "0\n").unwrap();
-        set_flag(&f, false).unwrap();
-        assert_eq!(fs::read_to_string(&f).unwrap(), "0\n");
-        set_flag(&f, true).unwrap();
+        assert!(enable_flag(&f).unwrap());
         assert_eq!(fs::read_to_string(&f).unwrap(), "1\n");
-        set_flag(&f, false).unwrap();
+        assert!(!enable_flag(&f).unwrap());
         assert_eq!(fs::read_to_string(&f).unwrap(), "1\n");
     }
 
     #[test]
     fn errors_name_the_file() {
-        let err = set_flag(Path::new("/nonexistent/ip_forward"), true).unwrap_err();
+        let err = enable_flag(Path::new("/nonexistent/ip_forward")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ip_forward"), "{err}");
     }
 }

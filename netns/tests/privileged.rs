@@ -397,9 +397,11 @@ async fn two_bridges_isolation_host_ports_and_teardown() {
 
     let (_lb1, b1_svc) = listen_in(&b1.path(), ip_b1);
     let (_la2, a2_svc) = listen_in(&a2.path(), ip_a2);
-    let (_la1, _) = listen_in(&a1.path(), ip_a1);
+    let (_la1, a1_svc) = listen_in(&a1.path(), ip_a1);
     let host_listener = TcpListener::bind((gwa, 0)).expect("host listener on gateway A");
     let host_svc = SocketAddrV4::new(gwa, host_listener.local_addr().unwrap().port());
+    let host_listener_b = TcpListener::bind((gwb, 0)).expect("host listener on gateway B");
+    let host_svc_b = SocketAddrV4::new(gwb, host_listener_b.local_addr().unwrap().port());
 
     // An "uplink" peer: a namespace behind a bridge that is not in the
     // policy (a non-Berth interface), to see masquerading at work.
@@ -428,7 +430,12 @@ async fn two_bridges_isolation_host_ports_and_teardown() {
         "a1 cannot ping a2 on the same bridge"
     );
     assert!(
-        ping(&a1.path(), ip_b1) && tcp(&a1.path(), b1_svc) && tcp(&a1.path(), host_svc),
+        ping(&a1.path(), ip_b1)
+            && tcp(&a1.path(), b1_svc)
+            && tcp(&b1.path(), a1_svc)
+            && tcp(&a1.path(), host_svc)
+            && tcp(&b1.path(), host_svc_b)
+            && ping(&a1.path(), gwb),
         "precondition missing: traffic between test bridges and to the host does not flow without our firewall (another firewall on the host?)"
     );
 
@@ -495,15 +502,9 @@ async fn two_bridges_isolation_host_ports_and_teardown() {
         !ping(&b1.path(), ip_a1),
         "allow_to is one-way, yet b1 pinged a1"
     );
-    assert!(
-        !tcp(&b1.path(), SocketAddrV4::new(ip_a1, 1)),
-        "b1 reached a1 by tcp"
-    );
+    assert!(!tcp(&b1.path(), a1_svc), "b1 reached a1 by tcp");
     // B has no host port.
-    assert!(
-        !tcp(&b1.path(), SocketAddrV4::new(gwb, host_svc.port())),
-        "b1 reached a host port"
-    );
+    assert!(!tcp(&b1.path(), host_svc_b), "b1 reached a host port");
 
     // Teardown through the crate.
     net.delete_link(&up_if).await.expect("delete uplink veth");
@@ -754,7 +755,14 @@ fn firewall_ruleset_as_the_kernel_sees_it() {
     // Applying twice did not duplicate anything.
     assert_eq!(text.matches(r#"iifname "btkA" drop"#).count(), 1, "{text}");
 
-    // A refused batch changes nothing: the old rules stay.
+    let list = || {
+        let out = Command::new("nft")
+            .args(["list", "table", "inet", fw.0.table()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // A policy we refuse never reaches the kernel.
     let bad = Policy {
         bridges: vec![bridge_policy(
             "btkA",
@@ -765,11 +773,54 @@ fn firewall_ruleset_as_the_kernel_sees_it() {
         uplink_masquerade: false,
     };
     assert!(fw.0.apply(&bad).is_err());
-    let again = Command::new("nft")
-        .args(["list", "table", "inet", fw.0.table()])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
+    assert_eq!(list(), text);
+
+    // A batch the kernel refuses (its last rule names a missing chain) is
+    // not applied at all, though it starts by deleting the table: the
+    // transaction is all or nothing.
+    let mut rules = netns::firewall::ruleset(&Policy {
+        bridges: vec![bridge_policy(
+            "btkC",
+            Ipv4Addr::new(10, 213, 252, 0),
+            &[],
+            &[],
+        )],
+        uplink_masquerade: false,
+    });
+    rules.push(netns::firewall::Rule {
+        chain: "missing",
+        matches: vec![netns::firewall::Match::Iif("btkC".into())],
+        action: netns::firewall::Action::Drop,
+    });
+    let err = netns::nft::send_batch(
+        fw.0.table(),
+        netns::firewall::replace_batch(fw.0.table(), &rules),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"rule missing: iifname "btkC" drop"#),
+        "{err}"
+    );
+    assert_eq!(list(), text, "a refused batch changed the table");
+
+    // Dropping a bridge from the policy removes its rules.
+    let only_a = Policy {
+        bridges: vec![bridge_policy(
+            "btkA",
+            Ipv4Addr::new(10, 213, 250, 0),
+            &[],
+            &[],
+        )],
+        uplink_masquerade: true,
+    };
+    fw.0.apply(&only_a).unwrap();
+    let text = list();
+    assert!(
+        !text.contains("btkB") && !text.contains("10.213.251."),
+        "{text}"
+    );
+    assert!(text.contains(r#"iifname "btkA" drop"#), "{text}");
 
     fw.0.remove().unwrap();
     assert!(!fw.0.exists().unwrap());

@@ -30,6 +30,13 @@
 //! cgroups strictly below that prefix, and treats the prefix directory and
 //! everything under it as its own (it enables v2 controllers there and
 //! removes those directories once empty), never the root or anyone else's.
+//!
+//! Tests: unit tests at the bottom of each module run unprivileged on fake
+//! trees. `tests/real.rs` holds privileged tests on the host's real cgroup
+//! filesystems (marked ignored): as root,
+//! `cargo test -p cgroup -- --include-ignored`. They also run in a pure v2
+//! guest with `tests/vm/run` as cargo runner, where the two tests about v1
+//! specifics report a missing precondition.
 
 #![deny(unsafe_code)]
 

@@ -319,6 +319,21 @@ fn create_apply_attach_stats_destroy() {
         "64"
     );
 
+    // The io weight lands where the io scheduler has a weight file.
+    let io = dir_of(&f, Controller::Io, &rel);
+    for (file, want) in [
+        ("io.weight", "default 100"),
+        ("io.bfq.weight", "default 19"),
+        ("blkio.weight", "19"),
+        ("blkio.bfq.weight", "19"),
+    ] {
+        if io.join(file).exists() {
+            let got = read(&io.join(file));
+            assert!(got.starts_with(want), "{file}: {got}");
+            break;
+        }
+    }
+
     // Raising the memory limit above the one set above (and, on v1, above
     // the memsw limit) works too.
     cg.apply(&Limits {

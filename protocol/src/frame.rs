@@ -70,47 +70,88 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// Returns the number of bytes written. `out` needs
 /// [`max_encoded_len`]`(msg.len())` bytes.
 pub fn encode_frame(msg: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
-    if msg.len() > MAX_MESSAGE {
-        return Err(FrameError::MessageTooLarge {
-            len: msg.len(),
-            max: MAX_MESSAGE,
-        });
-    }
     let need = max_encoded_len(msg.len());
-    if out.len() < need {
+    if msg.len() <= MAX_MESSAGE && out.len() < need {
         return Err(FrameError::BufferTooSmall {
             need,
             have: out.len(),
         });
     }
-    let crc = crc32(msg).to_le_bytes();
-    // Indexing below stays within `need` bytes, checked above: every input
-    // byte writes at most one byte, plus one code byte per 254 and the
-    // delimiter.
-    let mut code_at = 0;
-    let mut code = 1u8;
-    let mut w = 1;
-    for &b in msg.iter().chain(crc.iter()) {
-        if b == 0 {
-            out[code_at] = code;
-            code_at = w;
-            w += 1;
-            code = 1;
-        } else {
-            out[w] = b;
-            w += 1;
-            code += 1;
-            if code == 0xff {
-                out[code_at] = code;
-                code_at = w;
-                w += 1;
-                code = 1;
-            }
+    let mut at = 0;
+    write_frame(msg, |chunk| {
+        // Cannot fail: `need` bytes were checked above and the frame is at
+        // most that long; a miss would only cut the frame short.
+        let end = at + chunk.len();
+        if let Some(dst) = out.get_mut(at..end) {
+            dst.copy_from_slice(chunk);
         }
+        at = end;
+        Ok::<(), FrameError>(())
+    })?;
+    Ok(at)
+}
+
+/// Frames `msg` straight to a writer (a UART, a socket), in pieces, with
+/// no output buffer: a device needs RAM only for the message itself. Writes
+/// exactly the bytes [`encode_frame`] would.
+pub fn write_frame<E>(msg: &[u8], mut write: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E>
+where
+    E: From<FrameError>,
+{
+    if msg.len() > MAX_MESSAGE {
+        return Err(FrameError::MessageTooLarge {
+            len: msg.len(),
+            max: MAX_MESSAGE,
+        }
+        .into());
     }
-    out[code_at] = code;
-    out[w] = DELIMITER;
-    Ok(w + 1)
+    let crc = crc32(msg).to_le_bytes();
+    let total = msg.len() + CRC_LEN;
+    // The bytes to stuff are msg ‖ crc; `span` hands out a run of them as
+    // at most two slices, since a run may straddle the two.
+    let span = |from: usize, to: usize| -> (&[u8], &[u8]) {
+        let split = msg.len();
+        let a = msg.get(from.min(split)..to.min(split)).unwrap_or_default();
+        let b = crc
+            .get(from.max(split) - split..to.max(split) - split)
+            .unwrap_or_default();
+        (a, b)
+    };
+    let byte = |i: usize| {
+        if i < msg.len() {
+            msg[i]
+        } else {
+            crc[i - msg.len()]
+        }
+    };
+    // Each run of non-zero bytes (between zeros, or the ends) goes out as
+    // full 254-byte blocks with code 0xFF, then one block with code
+    // `rest + 1` whose end stands for the zero that follows the run.
+    let mut i = 0;
+    loop {
+        let mut end = i;
+        while end < total && byte(end) != 0 {
+            end += 1;
+        }
+        let mut from = i;
+        while end - from >= 254 {
+            let (a, b) = span(from, from + 254);
+            write(&[0xff])?;
+            write(a)?;
+            write(b)?;
+            from += 254;
+        }
+        let (a, b) = span(from, end);
+        write(&[(end - from) as u8 + 1])?;
+        write(a)?;
+        write(b)?;
+        if end == total {
+            break;
+        }
+        // Skip the zero the block code stood for.
+        i = end + 1;
+    }
+    write(&[DELIMITER])
 }
 
 /// Streaming frame decoder holding at most `N` decoded bytes (message plus
@@ -252,6 +293,64 @@ mod tests {
     }
 
     extern crate std;
+
+    /// The textbook COBS encoder, buffered, as a reference.
+    fn reference(msg: &[u8]) -> std::vec::Vec<u8> {
+        let mut data = msg.to_vec();
+        data.extend_from_slice(&crc32(msg).to_le_bytes());
+        let mut out = std::vec![0u8];
+        let (mut code_at, mut code) = (0, 1u8);
+        for b in data {
+            if b == 0 {
+                out[code_at] = code;
+                code_at = out.len();
+                out.push(0);
+                code = 1;
+            } else {
+                out.push(b);
+                code += 1;
+                if code == 0xff {
+                    out[code_at] = code;
+                    code_at = out.len();
+                    out.push(0);
+                    code = 1;
+                }
+            }
+        }
+        out[code_at] = code;
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn streaming_encoder_matches_reference() {
+        for len in [0usize, 1, 3, 253, 254, 255, 256, 400, 507, 508] {
+            for zero_every in [0usize, 1, 2, 5, 254, 255] {
+                let msg: std::vec::Vec<u8> = (0..len)
+                    .map(|i| {
+                        if zero_every > 0 && i % zero_every == zero_every - 1 {
+                            0
+                        } else {
+                            (i % 255) as u8 + 1
+                        }
+                    })
+                    .collect();
+                let (out, n) = frame(&msg);
+                assert_eq!(
+                    &out[..n],
+                    reference(&msg).as_slice(),
+                    "len {len} zero every {zero_every}"
+                );
+                let mut pieces = std::vec::Vec::new();
+                write_frame(&msg, |c| {
+                    pieces.extend_from_slice(c);
+                    Ok::<(), FrameError>(())
+                })
+                .unwrap();
+                assert_eq!(pieces, &out[..n]);
+            }
+        }
+    }
 
     #[test]
     fn crc_check_value() {

@@ -11,8 +11,9 @@
 //! - [`announce`]: the announce itself: zero-copy decode, canonical encode
 //!   into a caller's buffer, signing from a 32-byte seed, verification, and
 //!   (feature `std`) the JSON form.
-//! - [`frame`]: serial framing: COBS, CRC-32 and a streaming decoder that
-//!   resynchronises after garbage.
+//! - [`frame`]: serial framing: COBS and CRC-32, an encoder that can write
+//!   straight to a UART without an output buffer, and a streaming decoder
+//!   that resynchronises after garbage.
 //! - [`message`]: the messages exchanged on serial (`Hello`, `Announce`,
 //!   `Ack`).
 //! - [`ble`] and [`mqtt`]: how the announce is carried on those transports.

@@ -87,6 +87,36 @@ mod tests {
         assert_eq!(topic(&long_v, &long_s).unwrap().len(), MAX_TOPIC);
     }
 
+    #[cfg(feature = "std")]
+    #[test]
+    fn payload_in_either_form_checked_against_topic() {
+        use crate::announce::{to_json, AnnounceBuilder, DecodeError, OwnedAnnounce};
+        let a = AnnounceBuilder::new("acme", "M", "SN-9", "1", "https://a.example", 4)
+            .sign(&[9; 32])
+            .unwrap();
+        let mut cbor = [0u8; 512];
+        let n = a.encode(&mut cbor).unwrap();
+        let json = to_json(&a).unwrap();
+        let t = topic("acme", "SN-9").unwrap();
+        let want = OwnedAnnounce::from(&a);
+        assert_eq!(decode_payload(&t, &cbor[..n]).unwrap(), want);
+        assert_eq!(decode_payload(&t, json.as_bytes()).unwrap(), want);
+        for wrong in ["berth/announce/acme/SN-8", "berth/announce/other/SN-9", "x"] {
+            assert!(matches!(
+                decode_payload(wrong, &cbor[..n]),
+                Err(DecodeError::TopicMismatch { .. })
+            ));
+        }
+        assert!(matches!(
+            decode_payload(&t, b"{}"),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            decode_payload(&t, &[0xab]),
+            Err(DecodeError::Cbor(_))
+        ));
+    }
+
     #[test]
     fn json_detection() {
         assert!(is_json(b"  {\"a\":1}"));

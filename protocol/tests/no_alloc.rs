@@ -12,7 +12,9 @@
 use std::cell::Cell;
 
 use protocol::announce::{public_key, verify, AnnounceBuilder};
-use protocol::frame::{encode_frame, FrameDecoder, MAX_FRAME, MAX_MESSAGE, MAX_WIRE};
+use protocol::frame::{
+    encode_frame, write_frame, FrameDecoder, FrameError, MAX_FRAME, MAX_MESSAGE, MAX_WIRE,
+};
 use protocol::message::{encode_signed_announce, Message};
 
 mod sys {
@@ -100,6 +102,17 @@ fn device_and_gateway_paths_allocate_nothing() {
         let Ok(wl) = encode_frame(&msg[..ml], &mut wire) else {
             return false;
         };
+        // Or straight to the UART, without the wire buffer.
+        let mut uart = [0u8; MAX_WIRE];
+        let mut sent = 0;
+        let streamed = write_frame(&msg[..ml], |chunk| {
+            uart[sent..sent + chunk.len()].copy_from_slice(chunk);
+            sent += chunk.len();
+            Ok::<(), FrameError>(())
+        });
+        if streamed.is_err() || uart[..sent] != wire[..wl] {
+            return false;
+        }
         // Gateway: unframe, decode, verify.
         let mut dec = FrameDecoder::<MAX_FRAME>::new();
         let mut verified = false;

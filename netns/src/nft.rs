@@ -6,7 +6,11 @@
 //! version, resource id) and attributes (`nlattr`: length, type, value padded
 //! to 4 bytes; integers big-endian). Changes travel in one batch framed by
 //! `NFNL_MSG_BATCH_BEGIN`/`END`: the kernel applies all of it or nothing
-//! (one transaction), and with `NLM_F_ACK` answers each message once.
+//! (one transaction). It reports an error for every member that failed; we
+//! ask an ack (`NLM_F_ACK`) of the last member only, and the kernel delivers
+//! all answers in member order once the batch is processed, so that ack (or
+//! error) closes the exchange. Acking every member would flood the socket's
+//! receive buffer on large batches (lost acks, ENOBUFS).
 //!
 //! Built here rather than taken from the `rustables` crate (pure-Rust
 //! nftables over netlink) because that crate is GPL-3.0-or-later, which
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::Error;
 
@@ -296,8 +301,10 @@ pub struct Batch {
     buf: Vec<u8>,
     next_seq: u32,
     begin_seq: u32,
-    /// Sequence number and description of each message that gets an ack.
-    acked: Vec<(u32, String)>,
+    /// Sequence number and description of each member, for errors.
+    members: Vec<(u32, String)>,
+    /// Where the last member starts in `buf` (its flags get `NLM_F_ACK`).
+    last_member: Option<usize>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(1);
@@ -311,7 +318,8 @@ impl Batch {
             buf: Vec::new(),
             next_seq: begin_seq,
             begin_seq,
-            acked: Vec::new(),
+            members: Vec::new(),
+            last_member: None,
         };
         b.header(
             NFNL_MSG_BATCH_BEGIN,
@@ -338,14 +346,15 @@ impl Batch {
     }
 
     fn msg(&mut self, ty: u16, flags: u16, what: String, body: impl FnOnce(&mut Attrs<'_>)) {
+        self.last_member = Some(self.buf.len());
         let seq = self.header(
             (NFNL_SUBSYS_NFTABLES << 8) | ty,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             NFPROTO_INET,
             0,
             body,
         );
-        self.acked.push((seq, what));
+        self.members.push((seq, what));
     }
 
     /// Adds table `name` (family inet) if it does not exist.
@@ -403,9 +412,14 @@ impl Batch {
         });
     }
 
-    /// Ends the batch; returns the bytes to send and the messages to expect
-    /// acks for.
+    /// Ends the batch; returns the bytes to send, the sequence number of the
+    /// batch header and each member's sequence number and description (the
+    /// last one is the member that gets an ack).
     pub fn finish(mut self) -> (Vec<u8>, u32, Vec<(u32, String)>) {
+        if let Some(off) = self.last_member {
+            let flags = u16::from_ne_bytes([self.buf[off + 6], self.buf[off + 7]]) | NLM_F_ACK;
+            self.buf[off + 6..off + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
         self.header(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
@@ -413,17 +427,17 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             |_| {},
         );
-        (self.buf, self.begin_seq, self.acked)
+        (self.buf, self.begin_seq, self.members)
     }
 
-    /// Number of messages that will be acknowledged.
+    /// Number of members (messages besides the framing).
     pub fn len(&self) -> usize {
-        self.acked.len()
+        self.members.len()
     }
 
     /// Whether the batch holds no message besides its framing.
     pub fn is_empty(&self) -> bool {
-        self.acked.is_empty()
+        self.members.is_empty()
     }
 }
 
@@ -432,6 +446,9 @@ impl Default for Batch {
         Batch::new()
     }
 }
+
+/// Batches up to this size fit any default netlink send buffer.
+const SNDBUF_DEFAULT_SAFE: usize = 64 * 1024;
 
 /// How long we wait for the kernel's answers.
 const REPLY_TIMEOUT_MS: u16 = 5000;
@@ -510,14 +527,39 @@ fn recv_replies(table: &str, s: &Socket) -> Result<Vec<Reply>, Error> {
 /// kernel applies the whole batch or nothing; the first refusal is returned,
 /// naming the message it was about.
 pub fn send_batch(table: &str, batch: Batch) -> Result<(), Error> {
-    let (bytes, begin_seq, acked) = batch.finish();
+    let (bytes, begin_seq, members) = batch.finish();
+    let Some(&(last_seq, _)) = members.last() else {
+        return Ok(());
+    };
     let s = open_socket(table)?;
+    if bytes.len() > SNDBUF_DEFAULT_SAFE {
+        // netlink_sendmsg refuses a message larger than the send buffer
+        // (EMSGSIZE); root may raise it past wmem_max.
+        let want = bytes.len() + 4096;
+        setsockopt(&s, sockopt::SndBufForce, &want)
+            .or_else(|_| setsockopt(&s, sockopt::SndBuf, &want))
+            .map_err(|e| io_err(table, "raising the socket send buffer")(e.into()))?;
+    }
     s.send_to(&bytes, &SocketAddr::new(0, 0), 0)
         .map_err(io_err(table, "sending the batch"))?;
-    let mut pending: std::collections::BTreeMap<u32, String> = acked.into_iter().collect();
+    let members: std::collections::BTreeMap<u32, String> = members.into_iter().collect();
     let mut first_error: Option<(String, i32)> = None;
-    while !pending.is_empty() {
-        for r in recv_replies(table, &s)? {
+    loop {
+        let replies = match recv_replies(table, &s) {
+            // So many members failed that their errors overflowed our
+            // receive buffer: the batch was refused all the same.
+            Err(Error::NftIo { source, .. })
+                if source.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) =>
+            {
+                return Err(Error::NftRejected {
+                    table: table.to_string(),
+                    what: "the batch (too many errors to list)".into(),
+                    source,
+                })
+            }
+            r => r?,
+        };
+        for r in replies {
             let Some(code) = r.error else { continue };
             if r.seq == begin_seq && code != 0 {
                 // The batch as a whole was refused (e.g. EPERM without
@@ -528,20 +570,23 @@ pub fn send_batch(table: &str, batch: Batch) -> Result<(), Error> {
                     source: io::Error::from_raw_os_error(-code),
                 });
             }
-            if let Some(what) = pending.remove(&r.seq) {
-                if code != 0 && first_error.is_none() {
-                    first_error = Some((what, -code));
+            if code != 0 && first_error.is_none() {
+                if let Some(what) = members.get(&r.seq) {
+                    first_error = Some((what.clone(), -code));
                 }
             }
+            if r.seq == last_seq {
+                // Answers come in member order: this one is the last.
+                return match first_error {
+                    None => Ok(()),
+                    Some((what, errno)) => Err(Error::NftRejected {
+                        table: table.to_string(),
+                        what,
+                        source: io::Error::from_raw_os_error(errno),
+                    }),
+                };
+            }
         }
-    }
-    match first_error {
-        None => Ok(()),
-        Some((what, errno)) => Err(Error::NftRejected {
-            table: table.to_string(),
-            what,
-            source: io::Error::from_raw_os_error(errno),
-        }),
     }
 }
 
@@ -628,7 +673,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_is_framed_and_every_member_is_acked() {
+    fn batch_is_framed_and_only_the_last_member_is_acked() {
         let mut b = Batch::new();
         b.add_table("t");
         b.del_table("t");
@@ -663,7 +708,9 @@ mod tests {
                 assert_eq!(flags & NLM_F_ACK, 0);
             } else {
                 assert_eq!(bytes[off + 16], NFPROTO_INET);
-                assert_ne!(flags & NLM_F_ACK, 0);
+                let last = u32::from_ne_bytes(bytes[off + 8..off + 12].try_into().unwrap())
+                    == acked.last().unwrap().0;
+                assert_eq!(flags & NLM_F_ACK != 0, last);
             }
             off += len;
         }

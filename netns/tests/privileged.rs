@@ -867,3 +867,45 @@ fn named_namespace_lifecycle() {
     Netns::remove_in(dir.path(), &name).expect("remove again");
     assert!(Netns::open_in(dir.path(), &name).is_err());
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn large_policy_applies_in_one_batch() {
+    preconditions();
+    let fw = TableGuard(Firewall::new(&format!("berth_t{}", unique("l"))));
+    // 40 bridges, each allowed to the next and with two host ports: about
+    // 1,900 rules, far past one default socket buffer of messages.
+    let names: Vec<String> = (0..40).map(|i| format!("btl{i}")).collect();
+    let bridges = (0..40)
+        .map(|i| {
+            let next = names[(i + 1) % 40].as_str();
+            bridge_policy(
+                &names[i],
+                Ipv4Addr::new(10, 214, i as u8, 0),
+                &[(Proto::Udp, 53), (Proto::Tcp, 53)],
+                &[next],
+            )
+        })
+        .collect();
+    let policy = Policy {
+        bridges,
+        uplink_masquerade: true,
+    };
+    let expected = netns::firewall::ruleset(&policy).len();
+    assert!(expected > 1800, "{expected}");
+    fw.0.apply(&policy).expect("apply large policy");
+    fw.0.apply(&policy).expect("apply large policy again");
+    let out = Command::new("nft")
+        .args(["-a", "list", "table", "inet", fw.0.table()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rules = text
+        .lines()
+        .filter(|l| l.contains("# handle") && !l.contains("chain ") && !l.contains("table "))
+        .count();
+    assert_eq!(rules, expected, "rule count in the kernel");
+    assert!(text.contains(r#"iifname "btl39" oifname "btl0" accept"#));
+    fw.0.remove().unwrap();
+    assert!(!fw.0.exists().unwrap());
+}

@@ -369,6 +369,41 @@ impl Net {
         }
     }
 
+    /// The names of the links attached to bridge `name` (its ports), sorted;
+    /// for adopting or removing what exists after a restart.
+    pub async fn bridge_ports(&self, name: &str) -> Result<Vec<String>, Error> {
+        validate_ifname(name)?;
+        let index = match link_by_name(&self.handle, name)
+            .await
+            .map_err(nl("looking up bridge", name))?
+        {
+            Some(msg) if is_bridge(&msg) => msg.header.index,
+            Some(_) => return Err(Error::NotABridge(name.to_string())),
+            None => return Err(Error::NoSuchBridge(name.to_string())),
+        };
+        let links = self.handle.link().get().execute();
+        pin_mut!(links);
+        let mut ports = Vec::new();
+        while let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(nl("listing the ports of bridge", name))?
+        {
+            let attached = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == index));
+            if attached {
+                ports.extend(msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        ports.sort();
+        Ok(ports)
+    }
+
     /// Whether link `name` exists in the host namespace.
     pub async fn link_exists(&self, name: &str) -> Result<bool, Error> {
         validate_ifname(name)?;

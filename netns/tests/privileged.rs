@@ -392,6 +392,13 @@ async fn two_bridges_isolation_host_ports_and_teardown() {
         );
         veths.push(v);
     }
+    let mut ports_a = vec![veths[0].host_if.clone(), veths[1].host_if.clone()];
+    ports_a.sort();
+    assert_eq!(net.bridge_ports(&bra).await.unwrap(), ports_a);
+    assert_eq!(
+        net.bridge_ports(&brb).await.unwrap(),
+        vec![veths[2].host_if.clone()]
+    );
     let (ip_a1, ip_a2, ip_b1) = (veths[0].addr, veths[1].addr, veths[2].addr);
     assert_ne!(ip_a1, ip_a2);
 

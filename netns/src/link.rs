@@ -299,7 +299,8 @@ impl Net {
     /// `jail_if` (created directly inside `ns` in the same request), then
     /// inside `ns`: loopback up, `addr/prefix` on `jail_if`, `jail_if` up,
     /// default route via the bridge's gateway. On failure the pair is
-    /// deleted again.
+    /// deleted again. Not cancel-safe: a future dropped after the pair was
+    /// created leaves it; `delete_link(host_if)` removes it.
     pub async fn add_veth(
         &self,
         bridge: &Bridge,

@@ -645,6 +645,38 @@ async fn veth_into_namespace_of_a_pid() {
     assert!(!net.link_exists(&other2).await.unwrap());
     net.delete_link(&host_if2).await.unwrap();
 
+    // A failure inside the namespace (a default route already there)
+    // deletes the new pair again, both ends.
+    let ns3 = NsGuard::create();
+    let st = Command::new("nsenter")
+        .arg(format!("--net={}", ns3.path().display()))
+        .args(["ip", "route", "add", "blackhole", "default"])
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "precondition missing: cannot add a blackhole route"
+    );
+    let host_if3 = unique("btq");
+    let _gv3 = LinkGuard(host_if3.clone());
+    let err = net
+        .add_veth(
+            &bridge,
+            &host_if3,
+            "eth0",
+            ns3.ns().ns_ref(),
+            host(subnet, 14),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("adding default route"), "{err}");
+    assert!(
+        !net.link_exists(&host_if3).await.unwrap(),
+        "host end left behind"
+    );
+    let inside = in_ns_output(&ns3.path(), &["ip", "-o", "link", "show"]);
+    assert!(!inside.contains("eth0"), "jail end left behind: {inside}");
+
     // Errors name what they are about, and a failed add leaves nothing.
     let other = unique("btq");
     let _go = LinkGuard(other.clone());

@@ -25,3 +25,9 @@ shquote() {
 	local s=${1//\'/\'\\\'\'}
 	printf "'%s'" "$s"
 }
+
+# A hash of the scripts that shape the cache: when it differs from the one
+# in vm.env, run calls setup again.
+src_key() {
+	cat "$BERTH_VM_DIR/init" "$BERTH_VM_DIR/setup" | sha256sum | cut -d' ' -f1
+}

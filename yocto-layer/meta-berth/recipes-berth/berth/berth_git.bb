@@ -6,6 +6,7 @@ DESCRIPTION = "berthd detects end devices over serial, BLE and MQTT, asks each \
 HOMEPAGE = "https://example.invalid/berth"
 BUGTRACKER = "https://example.invalid/berth/issues"
 SECTION = "admin"
+CVE_PRODUCT = "berth"
 LICENSE = "Apache-2.0"
 # nooelint: oelint.var.licenseremotefile - the sources declare Apache-2.0 in Cargo.toml and ship no license text
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"

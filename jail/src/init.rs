@@ -1,0 +1,739 @@
+//! The runtime of `berth-init`: the code that runs inside a jail.
+//!
+//! `berth-init` is a fresh, single-threaded process (the library execs it
+//! from a raw clone child), so ordinary Rust is fine here. Create mode:
+//! read the plan, set up the jail (cgroup namespace, mounts, rootfs, /proc,
+//! /sys, /dev, pivot_root, masked and read-only paths, hostname), report
+//! `ok`, block on the start FIFO, then stay PID 1: fork the payload, forward
+//! signals to it, reap every zombie, record the payload's exit status and
+//! exit with it. Exec mode: enter the jail's namespaces through a pidfd,
+//! fork (to land in its pid namespace), run one command and relay its exit.
+//!
+//! Every failure is reported as `error <step> <path>: <cause>` on the
+//! report pipe, which the parent turns into a
+//! [`crate::Error::Setup`] message.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::stat::{mknod, Mode as FileMode, SFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::plan::{
+    CreatePlan, ExecPlan, InitPlan, Mode, ProcessPlan, RootfsPlan, FD_EXTRA, FD_PLAN, FD_REPORT,
+    MAX_PLAN,
+};
+use crate::spec::DEFAULT_PATH;
+use crate::state::ExitRecord;
+use crate::sys;
+
+/// Signals init forwards to the payload.
+pub const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGQUIT,
+];
+
+/// A setup step that failed.
+#[derive(Debug)]
+pub struct StepError(pub String);
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn step<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, StepError> {
+    r.map_err(|e| StepError(format!("{}: {e}", what())))
+}
+
+/// Entry point of the `berth-init` binary; returns the process exit code.
+pub fn main() -> i32 {
+    let mut report = std::fs::File::from(sys::own_fd(FD_REPORT));
+    let plan = match read_plan() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(report, "error {e}");
+            return 125;
+        }
+    };
+    match plan.mode {
+        Mode::Create(c) => run_create(*c, report),
+        Mode::Exec(x) => run_exec(x, report),
+    }
+}
+
+fn read_plan() -> Result<InitPlan, StepError> {
+    let f = std::fs::File::from(sys::own_fd(FD_PLAN));
+    let mut buf = Vec::new();
+    step(f.take(MAX_PLAN).read_to_end(&mut buf), || {
+        "read plan".into()
+    })?;
+    InitPlan::decode(&buf).map_err(StepError)
+}
+
+fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
+    let status = fs::File::from(sys::own_fd(FD_EXTRA));
+    let fifo = match setup(&plan) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(report, "error {e}");
+            return 125;
+        }
+    };
+    let _ = report.write_all(b"ok\n");
+    drop(report);
+
+    // Block until `start` opens the FIFO for reading (runc's exec.fifo).
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    match fs::OpenOptions::new().write(true).open(&path) {
+        Ok(mut f) => {
+            let _ = f.write_all(b"0");
+        }
+        Err(_) => return 125,
+    }
+    drop(fifo);
+
+    let rec = supervise(&plan.process);
+    let mut status = status;
+    let _ = status.write_all(&serde_json::to_vec(&rec).unwrap_or_default());
+    let _ = status.sync_all();
+    rec.code
+}
+
+/// Forks the payload, forwards signals, reaps zombies; returns how the
+/// payload ended.
+fn supervise(p: &ProcessPlan) -> ExitRecord {
+    let mut all = FORWARDED.to_vec();
+    all.push(libc::SIGCHLD);
+    if sys::install_forwarding(&all).is_err() {
+        return ExitRecord {
+            code: 125,
+            signal: None,
+        };
+    }
+    let child = match sys::fork_single_threaded() {
+        Ok(0) => {
+            let _ = sys::reset_signals(&all);
+            let e = exec_process(p);
+            let _ = writeln!(std::io::stderr(), "berth-init: {e}");
+            sys::exit_now(127)
+        }
+        Ok(pid) => Pid::from_raw(pid),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "berth-init: fork payload: {e}");
+            return ExitRecord {
+                code: 125,
+                signal: None,
+            };
+        }
+    };
+    loop {
+        let sig = match sys::wait_signal(&all) {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != libc::SIGCHLD {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::try_from(sig).ok());
+            continue;
+        }
+        // Reap every zombie; stop when the payload is among them.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    return ExitRecord { code, signal: None };
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    return ExitRecord {
+                        code: 128 + sig as i32,
+                        signal: Some(sig as i32),
+                    };
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+fn run_exec(plan: ExecPlan, mut report: fs::File) -> i32 {
+    let pidfd = sys::own_fd(FD_EXTRA);
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWCGROUP;
+    if plan.userns {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    if let Err(e) = setns(pidfd.as_fd(), flags) {
+        let _ = writeln!(report, "error setns into jail: {e}");
+        return 125;
+    }
+    drop(pidfd);
+    let mut all = FORWARDED.to_vec();
+    all.push(libc::SIGCHLD);
+    let _ = sys::install_forwarding(&all);
+    let _ = report.write_all(b"ok\n");
+    drop(report);
+    match sys::fork_single_threaded() {
+        Ok(0) => {
+            let _ = sys::reset_signals(&all);
+            let e = exec_process(&plan.process);
+            let _ = writeln!(std::io::stderr(), "berth-init: {e}");
+            sys::exit_now(127)
+        }
+        Ok(pid) => {
+            let child = Pid::from_raw(pid);
+            loop {
+                let sig = match sys::wait_signal(&all) {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                };
+                if sig != libc::SIGCHLD {
+                    let _ =
+                        nix::sys::signal::kill(child, nix::sys::signal::Signal::try_from(sig).ok());
+                    continue;
+                }
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => return code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                    _ => continue,
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "berth-init: fork: {e}");
+            125
+        }
+    }
+}
+
+/// Applies credentials and confinement, then execs. Returns only on error.
+fn exec_process(p: &ProcessPlan) -> StepError {
+    match apply_and_exec(p) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn apply_and_exec(p: &ProcessPlan) -> Result<Never, StepError> {
+    let _ = nix::unistd::setsid();
+    for &(res, soft, hard) in &p.rlimits {
+        step(sys::setrlimit(res, soft, hard), || {
+            format!("setrlimit {res}")
+        })?;
+    }
+    let _ = nix::unistd::chdir(p.cwd.as_str());
+    if !p.no_new_privs {
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN:
+        // do it while init still has it (as runc does).
+        for prog in &p.seccomp {
+            step(sys::install_seccomp(prog), || {
+                "install seccomp filter".into()
+            })?;
+        }
+    }
+    let last = crate::caps::last_cap();
+    for cap in 0..=last {
+        if p.caps.bounding & (1 << cap) == 0 {
+            step(sys::drop_bounding(cap), || {
+                format!("drop bounding capability {cap}")
+            })?;
+        }
+    }
+    step(sys::set_keepcaps(true), || "PR_SET_KEEPCAPS".into())?;
+    let groups: Vec<Gid> = p.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    // setgroups fails with EPERM in a user namespace whose gid map was
+    // written with setgroups denied; the parent never denies it.
+    step(nix::unistd::setgroups(&groups), || {
+        format!("setgroups {:?}", p.groups)
+    })?;
+    let gid = Gid::from_raw(p.gid);
+    step(nix::unistd::setresgid(gid, gid, gid), || {
+        format!("setresgid {}", p.gid)
+    })?;
+    let uid = Uid::from_raw(p.uid);
+    step(nix::unistd::setresuid(uid, uid, uid), || {
+        format!("setresuid {}", p.uid)
+    })?;
+    step(sys::set_keepcaps(false), || "PR_SET_KEEPCAPS".into())?;
+    step(
+        sys::capset(p.caps.effective, p.caps.permitted, p.caps.inheritable),
+        || "capset".into(),
+    )?;
+    step(sys::set_ambient(p.caps.ambient), || {
+        "ambient capabilities".into()
+    })?;
+    if p.no_new_privs {
+        step(sys::set_no_new_privs(), || "PR_SET_NO_NEW_PRIVS".into())?;
+    }
+    step(nix::unistd::chdir(p.cwd.as_str()), || {
+        format!("chdir {}", p.cwd)
+    })?;
+
+    let path = resolve(&p.args[0], &p.env);
+    let cpath = step(CString::new(path.clone()), || format!("exec {path}"))?;
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
+        .collect();
+    let envp: Vec<CString> = p
+        .env
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
+        .collect();
+    if p.no_new_privs {
+        // As late as possible, so the filter sees only the payload.
+        for prog in &p.seccomp {
+            step(sys::install_seccomp(prog), || {
+                "install seccomp filter".into()
+            })?;
+        }
+    }
+    let a: Vec<&std::ffi::CStr> = argv.iter().map(|c| c.as_c_str()).collect();
+    let e: Vec<&std::ffi::CStr> = envp.iter().map(|c| c.as_c_str()).collect();
+    let err = sys::execve(&cpath, &a, &e);
+    Err(StepError(format!("exec {path}: {err}")))
+}
+
+/// Resolves argv[0] on the PATH of the payload's environment.
+fn resolve(arg0: &str, env: &[String]) -> String {
+    if arg0.contains('/') {
+        return arg0.to_owned();
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = format!("{dir}/{arg0}");
+        if let Ok(m) = fs::metadata(&cand) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return cand;
+            }
+        }
+    }
+    arg0.to_owned()
+}
+
+fn ms(bits: u64) -> MsFlags {
+    MsFlags::from_bits_truncate(bits as libc::c_ulong)
+}
+
+/// Joins an in-jail absolute path onto the new root and checks that, after
+/// resolving symlinks of the rootfs, it is still inside it (a hostile image
+/// may hold `data -> /etc` to aim a mount at the host).
+fn in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
+    let rel = p.trim_start_matches('/');
+    let full = root.join(rel);
+    if let Ok(c) = fs::canonicalize(&full) {
+        if !c.starts_with(root) {
+            return Err(StepError(format!(
+                "resolve {p}: leaves the jail root through a symlink ({})",
+                c.display()
+            )));
+        }
+        return Ok(c);
+    }
+    Ok(full)
+}
+
+fn mkdir_in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
+    let t = in_root(root, p)?;
+    step(fs::create_dir_all(&t), || format!("mkdir {p}"))?;
+    in_root(root, p)
+}
+
+fn touch_in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
+    let t = in_root(root, p)?;
+    if let Some(parent) = t.parent() {
+        step(fs::create_dir_all(parent), || {
+            format!("mkdir parent of {p}")
+        })?;
+    }
+    if !t.exists() {
+        step(fs::File::create(&t), || format!("create {p}"))?;
+    }
+    in_root(root, p)
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), StepError> {
+    step(mount(src, target, fstype, flags, data), || {
+        format!("mount {what} on {}", target.display())
+    })
+}
+
+/// The whole create-mode setup; returns an O_PATH fd of the start FIFO.
+fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
+    // Now that the parent put us in our cgroup, a cgroup namespace rooted
+    // there hides the host's hierarchy (cgroup_namespaces(7)).
+    step(unshare(CloneFlags::CLONE_NEWCGROUP), || {
+        "unshare cgroup namespace".into()
+    })?;
+    // Nothing we mount may propagate back to the host.
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+        "private propagation",
+    )?;
+
+    // The FIFO lives in the host's state dir, which is gone after
+    // pivot_root: keep an O_PATH handle to it.
+    let fifo = step(
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&plan.fifo),
+        || format!("open fifo {}", plan.fifo.display()),
+    )?;
+    let fifo = OwnedFd::from(fifo);
+
+    let root = plan.root_mount.clone();
+    step(fs::create_dir_all(&root), || {
+        format!("mkdir {}", root.display())
+    })?;
+    match &plan.rootfs {
+        RootfsPlan::Bind(dir) => mnt(
+            Some(&dir.to_string_lossy()),
+            &root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &format!("bind {}", dir.display()),
+        )?,
+        RootfsPlan::Overlay(lowers, upper, work) => {
+            let lower: Vec<String> = lowers
+                .iter()
+                .map(|l| l.to_string_lossy().into_owned())
+                .collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            mnt(
+                Some("overlay"),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+                "overlay",
+            )?;
+        }
+    }
+    // Resolve symlinks of the scratch path itself once.
+    let root = step(fs::canonicalize(&root), || {
+        format!("resolve {}", root.display())
+    })?;
+
+    for m in &plan.mounts {
+        let flags = ms(m.flags);
+        let is_bind = flags.contains(MsFlags::MS_BIND);
+        let target = if is_bind
+            && fs::metadata(&m.source)
+                .map(|md| !md.is_dir())
+                .unwrap_or(false)
+        {
+            touch_in_root(&root, &m.destination)?
+        } else {
+            mkdir_in_root(&root, &m.destination)?
+        };
+        let data = (!m.data.is_empty()).then_some(m.data.as_str());
+        if is_bind {
+            mnt(
+                Some(&m.source),
+                &target,
+                None,
+                flags & !MsFlags::MS_RDONLY,
+                None,
+                &format!("bind {}", m.source),
+            )?;
+            if flags.contains(MsFlags::MS_RDONLY) {
+                mnt(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_REMOUNT
+                        | MsFlags::MS_BIND
+                        | MsFlags::MS_RDONLY
+                        | (flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)),
+                    None,
+                    &format!("read-only remount of {}", m.destination),
+                )?;
+            }
+        } else {
+            mnt(
+                Some(&m.source),
+                &target,
+                Some(&m.fstype),
+                flags,
+                data,
+                &m.fstype,
+            )?;
+        }
+        if m.propagation != 0 {
+            mnt(None, &target, None, ms(m.propagation), None, "propagation")?;
+        }
+    }
+
+    // /proc of the new pid namespace.
+    let proc_dir = mkdir_in_root(&root, "/proc")?;
+    mnt(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+        "proc",
+    )?;
+    // /sys read-only. In a user namespace sysfs may be refused: fall back
+    // to a read-only recursive bind.
+    let sys_dir = mkdir_in_root(&root, "/sys")?;
+    let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    if mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None::<&str>).is_err() {
+        mnt(
+            Some("/sys"),
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            "bind /sys",
+        )?;
+        mnt(
+            None,
+            &sys_dir,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro,
+            None,
+            "read-only /sys",
+        )?;
+    }
+
+    setup_dev(&root, plan)?;
+
+    // pivot_root(".", ".") then detach the old root: the runc idiom that
+    // needs no scratch directory (pivot_root(2), NOTES).
+    step(nix::unistd::chdir(&root), || {
+        format!("chdir {}", root.display())
+    })?;
+    step(nix::unistd::pivot_root(".", "."), || {
+        format!("pivot_root {}", root.display())
+    })?;
+    step(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
+    step(nix::unistd::chdir("/"), || "chdir /".into())?;
+
+    for p in &plan.masked_paths {
+        let path = Path::new(p);
+        match fs::metadata(path) {
+            Ok(md) if md.is_dir() => mnt(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+                &format!("mask {p}"),
+            )?,
+            Ok(_) => mnt(
+                Some("/dev/null"),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+                &format!("mask {p}"),
+            )?,
+            Err(_) => {}
+        }
+    }
+    for p in &plan.readonly_paths {
+        let path = Path::new(p);
+        if path.exists() {
+            mnt(
+                Some(p),
+                path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                &format!("bind {p}"),
+            )?;
+            mnt(
+                None,
+                path,
+                None,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_BIND
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                None,
+                &format!("read-only {p}"),
+            )?;
+        }
+    }
+    if plan.readonly_root {
+        mnt(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+            "read-only root",
+        )?;
+    }
+    if let Some(h) = &plan.hostname {
+        step(nix::unistd::sethostname(h), || format!("sethostname {h}"))?;
+    }
+    Ok(fifo)
+}
+
+/// Minimal /dev on tmpfs: standard nodes bound from the host (works in a
+/// user namespace, where mknod is refused), devpts with its own ptmx,
+/// /dev/shm, the std symlinks, and the spec's devices.
+fn setup_dev(root: &Path, plan: &CreatePlan) -> Result<(), StepError> {
+    let dev = mkdir_in_root(root, "/dev")?;
+    mnt(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "tmpfs /dev",
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = format!("/dev/{name}");
+        let target = dev.join(name);
+        step(fs::File::create(&target), || {
+            format!("create {}", target.display())
+        })?;
+        mnt(
+            Some(&host),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+            &format!("bind {host}"),
+        )?;
+    }
+    let pts = dev.join("pts");
+    step(fs::create_dir(&pts), || format!("mkdir {}", pts.display()))?;
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+        "devpts",
+    )?;
+    let shm = dev.join("shm");
+    step(fs::create_dir(&shm), || format!("mkdir {}", shm.display()))?;
+    mnt(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+        "tmpfs /dev/shm",
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let l = dev.join(link);
+        step(std::os::unix::fs::symlink(to, &l), || {
+            format!("symlink {}", l.display())
+        })?;
+    }
+    for d in &plan.devices {
+        let target = touch_in_root(root, &d.path)?;
+        if plan.userns {
+            mnt(
+                Some(&d.path),
+                &target,
+                None,
+                MsFlags::MS_BIND,
+                None,
+                &format!("bind {}", d.path),
+            )?;
+        } else {
+            let _ = fs::remove_file(&target);
+            let kind = if d.kind == 'b' {
+                SFlag::S_IFBLK
+            } else {
+                SFlag::S_IFCHR
+            };
+            step(
+                mknod(
+                    &target,
+                    kind,
+                    FileMode::from_bits_truncate(0o666),
+                    nix::sys::stat::makedev(d.major.into(), d.minor.into()),
+                ),
+                || format!("mknod {}", d.path),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_uses_payload_path() {
+        let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
+        let r = resolve("sh", &env);
+        assert!(r == "/bin/sh" || r == "/usr/bin/sh", "{r}");
+        assert_eq!(resolve("/x/y", &env), "/x/y");
+        assert_eq!(resolve("no-such-binary-here", &env), "no-such-binary-here");
+    }
+
+    #[test]
+    fn in_root_refuses_symlink_escape() {
+        let d = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(d.path()).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("data")).unwrap();
+        let e = in_root(&root, "/data").unwrap_err().to_string();
+        assert!(
+            e.starts_with("resolve /data: leaves the jail root through a symlink"),
+            "{e}"
+        );
+        fs::create_dir(root.join("ok")).unwrap();
+        assert_eq!(in_root(&root, "/ok").unwrap(), root.join("ok"));
+    }
+}

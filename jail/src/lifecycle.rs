@@ -1,0 +1,1367 @@
+//! Jail lifecycle without a monitor process: create, start, exec, stop,
+//! kill, delete, stats, adopt, list, run and recover.
+//!
+//! The caller keeps a pidfd of each jail's init; the state file keeps pid
+//! and start time so that a restarted caller can adopt the jail
+//! (pidfd_open + start-time check). Blocking work (clone, file syncs, pipe
+//! reads, waits) runs in `spawn_blocking`; waiting for exit polls the pidfd
+//! through tokio's `AsyncFd`.
+//!
+//! Create order: state directory and `state.json` with phase `creating`
+//! first (so a crash at any later point leaves a record that
+//! [`recover`] can clean up), then cgroup, address and bridge, then init is
+//! cloned; the parent writes id maps, attaches it to the cgroup and creates
+//! the veth into its network namespace before letting it go.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::Error;
+use crate::name::host_veth;
+use crate::plan::{CreatePlan, ExecPlan, InitPlan, Mode, ProcessPlan, RootfsPlan, PLAN_VERSION};
+use crate::spec::{Console, JailSpec, RootfsOptions, DEFAULT_PATH};
+use crate::state::{
+    jail_dir, list_names, proc_start_time, read_exit, ExitRecord, JailState, Phase, CONSOLE_FILE,
+    FIFO_FILE, STATE_VERSION, STATUS_FILE,
+};
+use crate::sys;
+
+/// Interface name of the jail side of the veth.
+pub const JAIL_IF: &str = "eth0";
+/// How long create waits for init to report its setup.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Directory (inside the state dir) where init mounts the new root.
+pub const ROOT_DIR: &str = "root";
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?
+}
+
+/// A jail this process created or adopted.
+#[derive(Debug)]
+pub struct Jail {
+    dir: PathBuf,
+    state: JailState,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+/// A jail as [`list`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailInfo {
+    /// Name.
+    pub name: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Persisted phase.
+    pub phase: Phase,
+    /// Init pid.
+    pub pid: Option<i32>,
+    /// Whether init is alive (same pid and start time).
+    pub alive: bool,
+    /// Address.
+    pub address: Option<Ipv4Addr>,
+}
+
+/// What [`Jail::stats`] returns.
+#[derive(Debug, Clone)]
+pub struct JailStats {
+    /// Phase (Stopped when init is gone).
+    pub phase: Phase,
+    /// Init pid.
+    pub pid: Option<i32>,
+    /// Cgroup usage.
+    pub cgroup: cgroup::Stats,
+}
+
+/// Stdio of an exec'd command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStdio {
+    /// stdin /dev/null, stdout and stderr captured.
+    Capture,
+    /// The caller's stdio.
+    Inherit,
+}
+
+/// A command to run in a running jail.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// argv.
+    pub args: Vec<String>,
+    /// Environment; `None` uses the jail's payload environment.
+    pub env: Option<Vec<String>>,
+    /// Working directory; `None` uses the payload's.
+    pub cwd: Option<String>,
+    /// Stdio.
+    pub stdio: ExecStdio,
+}
+
+impl ExecOptions {
+    /// Captured run of `args` with the jail's environment.
+    pub fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        ExecOptions {
+            args: args.into_iter().map(Into::into).collect(),
+            env: None,
+            cwd: None,
+            stdio: ExecStdio::Capture,
+        }
+    }
+}
+
+/// Result of an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (128 + signal when killed).
+    pub code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Jail {
+    /// Name.
+    pub fn name(&self) -> &str {
+        self.state.name.as_str()
+    }
+    /// Persisted state.
+    pub fn state(&self) -> &JailState {
+        &self.state
+    }
+    /// State directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Init's pid in the caller's pid namespace.
+    pub fn pid(&self) -> Option<i32> {
+        self.state.pid
+    }
+    /// The jail's address, when networked.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.state.address
+    }
+    /// Path of the payload console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join(CONSOLE_FILE)
+    }
+
+    /// Creates the jail: everything set up, init waiting for [`start`].
+    ///
+    /// On failure every object made so far is removed; a cleanup failure is
+    /// reported beside the original error.
+    ///
+    /// [`start`]: Jail::start
+    pub async fn create(spec: JailSpec) -> Result<Jail, Error> {
+        let dir = jail_dir(&spec.state_root, spec.name.as_str());
+        let state = {
+            let dir = dir.clone();
+            let spec = spec.clone();
+            blocking(move || begin_create(&dir, spec)).await?
+        };
+        let mut jail = Jail {
+            dir: dir.clone(),
+            state,
+            pidfd: None,
+        };
+        match create_rest(&mut jail).await {
+            Ok(()) => Ok(jail),
+            Err(e) => {
+                if let Some(fd) = &jail.pidfd {
+                    let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                    let fd = fd.clone();
+                    let _ = blocking(move || {
+                        let _ = sys::waitid_pidfd(fd.as_fd(), false);
+                        Ok(())
+                    })
+                    .await;
+                }
+                let errs = cleanup(&jail.state, &dir).await;
+                Err(e.with_cleanup(errs))
+            }
+        }
+    }
+
+    /// Lets the payload run (opens the start FIFO init blocks on).
+    pub async fn start(&mut self) -> Result<(), Error> {
+        if self.state.phase != Phase::Created {
+            return Err(Error::Phase {
+                name: self.name().to_owned(),
+                phase: self.state.phase,
+                op: "start",
+                want: "created",
+            });
+        }
+        self.check_alive()?;
+        let dir = self.dir.clone();
+        let mut state = self.state.clone();
+        self.state = blocking(move || {
+            let fifo = dir.join(FIFO_FILE);
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&fifo)
+                .map_err(Error::io(format!("open {}", fifo.display())))?;
+            let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+            let n = poll(&mut pfd, PollTimeout::from(10_000u16))
+                .map_err(Error::nix(format!("poll {}", fifo.display())))?;
+            if n == 0 {
+                return Err(Error::Timeout(format!("start {}", fifo.display())));
+            }
+            let mut b = [0u8; 1];
+            let _ = (&f).read(&mut b);
+            drop(f);
+            let _ = fs::remove_file(&fifo);
+            state.phase = Phase::Running;
+            state.save(&dir)?;
+            Ok(state)
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<&Arc<OwnedFd>, Error> {
+        match &self.pidfd {
+            Some(fd) if self.is_alive() => Ok(fd),
+            _ => Err(Error::NotRunning(self.name().to_owned())),
+        }
+    }
+
+    /// True while init runs.
+    pub fn is_alive(&self) -> bool {
+        match &self.pidfd {
+            // Signal 0 through the pidfd: ESRCH once the process exited.
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), 0).is_ok() && !self.exited_zombie(),
+            None => false,
+        }
+    }
+
+    fn exited_zombie(&self) -> bool {
+        // A zombie still accepts signal 0; /proc/PID/stat says 'Z'.
+        let Some(pid) = self.state.pid else {
+            return true;
+        };
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => s
+                .rfind(')')
+                .and_then(|i| s.get(i + 2..i + 3))
+                .map(|st| st == "Z" || st == "X")
+                .unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
+    /// Sends `signal` to init (which forwards TERM, INT, HUP, USR1, USR2
+    /// and QUIT to the payload; KILL ends the whole jail).
+    pub fn kill(&self, signal: i32) -> Result<(), Error> {
+        let fd = self.check_alive()?;
+        sys::pidfd_send_signal(fd.as_fd(), signal).map_err(Error::io(format!(
+            "signal {signal} to jail {}",
+            self.name()
+        )))
+    }
+
+    /// Waits until init exits; returns the payload's exit record (from the
+    /// status file init wrote, else from init's own exit).
+    pub async fn wait(&mut self) -> Result<ExitRecord, Error> {
+        let Some(fd) = self.pidfd.clone() else {
+            return read_exit(&self.dir).ok_or_else(|| Error::NotRunning(self.name().to_owned()));
+        };
+        let dup = fd.try_clone().map_err(Error::io("dup pidfd"))?;
+        let afd = sys::async_pidfd(dup).map_err(Error::io("register pidfd"))?;
+        // Readable once the process has exited (pidfd_open(2)).
+        let guard = afd.readable().await.map_err(Error::io("wait pidfd"))?;
+        drop(guard);
+        let reaped = sys::waitid_pidfd(fd.as_fd(), true).ok();
+        self.state.phase = Phase::Stopped;
+        let dir = self.dir.clone();
+        let state = self.state.clone();
+        let _ = blocking(move || state.save(&dir).map_err(Error::from)).await;
+        if let Some(rec) = read_exit(&self.dir) {
+            return Ok(rec);
+        }
+        Ok(match reaped {
+            Some(sys::Reaped::Exited(code)) => ExitRecord { code, signal: None },
+            Some(sys::Reaped::Signaled(sig)) => ExitRecord {
+                code: 128 + sig,
+                signal: Some(sig),
+            },
+            _ => ExitRecord {
+                code: 255,
+                signal: None,
+            },
+        })
+    }
+
+    /// SIGTERM to init, up to `grace` for it to end, then SIGKILL.
+    pub async fn stop(&mut self, grace: Duration) -> Result<ExitRecord, Error> {
+        if !self.is_alive() {
+            if self.pidfd.is_some() {
+                return self.wait().await;
+            }
+            return Err(Error::NotRunning(self.name().to_owned()));
+        }
+        self.kill(libc::SIGTERM)?;
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(r) => r,
+            Err(_) => {
+                let fd = self.check_alive()?.clone();
+                sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL)
+                    .map_err(Error::io(format!("SIGKILL jail {}", self.name())))?;
+                self.wait().await
+            }
+        }
+    }
+
+    /// Cgroup usage plus pid and phase.
+    pub async fn stats(&self) -> Result<JailStats, Error> {
+        let spec = self.state.spec.clone();
+        let cg = blocking(move || {
+            let cg = open_cgroup(&spec)?;
+            cg.stats().map_err(|source| Error::Cgroup {
+                path: spec.cgroup_path.clone(),
+                source,
+            })
+        })
+        .await?;
+        Ok(JailStats {
+            phase: if self.is_alive() {
+                self.state.phase
+            } else {
+                Phase::Stopped
+            },
+            pid: self.state.pid,
+            cgroup: cg,
+        })
+    }
+
+    /// Stops init if it runs (SIGKILL) and removes everything of the
+    /// jail: cgroup, veth, address, overlay work files, state. Idempotent.
+    pub async fn delete(mut self) -> Result<(), Error> {
+        if self.is_alive() {
+            if let Some(fd) = &self.pidfd {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+        }
+        let errs = cleanup(&self.state, &self.dir).await;
+        match errs.into_iter().reduce(|a, b| a.with_cleanup(vec![b])) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Adopts jail `name` after a restart: reads its state and, when init
+    /// is still the same process (pid and start time), opens a pidfd.
+    pub async fn adopt(state_root: &Path, name: &str) -> Result<Jail, Error> {
+        let dir = jail_dir(state_root, name);
+        let n = name.to_owned();
+        blocking(move || {
+            if !dir.join(crate::state::STATE_FILE).exists() {
+                return Err(Error::NotFound(n));
+            }
+            let mut state = JailState::load(&dir)?;
+            let pidfd = open_verified(&state).map(Arc::new);
+            if pidfd.is_none() && state.phase != Phase::Creating {
+                state.phase = Phase::Stopped;
+            }
+            Ok(Jail { dir, state, pidfd })
+        })
+        .await
+    }
+
+    /// Runs a command inside the running jail (its namespaces, cgroup,
+    /// credentials, capabilities, no_new_privs and seccomp).
+    pub async fn exec(&self, opts: ExecOptions) -> Result<ExecOutput, Error> {
+        let fd = self.check_alive()?.clone();
+        if opts.args.is_empty() {
+            return Err(Error::Spec(crate::spec::SpecError::Invalid {
+                field: "exec.args".into(),
+                why: "empty: nothing to run".into(),
+            }));
+        }
+        let spec = self.state.spec.clone();
+        blocking(move || exec_blocking(&spec, &fd, opts)).await
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Makes the state directory and persists phase `creating`.
+fn begin_create(dir: &Path, spec: JailSpec) -> Result<JailState, Error> {
+    fs::create_dir_all(&spec.state_root)
+        .map_err(Error::io(format!("mkdir {}", spec.state_root.display())))?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Exists(spec.name.to_string()))
+        }
+        Err(e) => return Err(Error::io(format!("mkdir {}", dir.display()))(e)),
+    }
+    let state = JailState {
+        version: STATE_VERSION,
+        name: spec.name.clone(),
+        vendor: spec.vendor.clone(),
+        phase: Phase::Creating,
+        pid: None,
+        start_time: None,
+        host_veth: spec
+            .network
+            .as_ref()
+            .map(|_| host_veth(&spec.vendor, &spec.name)),
+        address: None,
+        spec,
+        created_unix: now_unix(),
+    };
+    if let Err(e) = state.save(dir) {
+        let _ = fs::remove_dir_all(dir);
+        return Err(e.into());
+    }
+    Ok(state)
+}
+
+fn hierarchy(spec: &JailSpec) -> Result<cgroup::Hierarchy, Error> {
+    let err = |source| Error::Cgroup {
+        path: spec.cgroup_path.clone(),
+        source,
+    };
+    cgroup::Hierarchy::detect()
+        .and_then(|h| h.with_prefix(cgroup_parent(spec)))
+        .map_err(err)
+}
+
+fn cgroup_parent(spec: &JailSpec) -> PathBuf {
+    // cgroup_path is <parent>/<vendor>/<name>.
+    spec.cgroup_path
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(crate::spec::DEFAULT_CGROUP_PARENT))
+}
+
+fn open_cgroup(spec: &JailSpec) -> Result<cgroup::Cgroup, Error> {
+    let h = hierarchy(spec)?;
+    cgroup::Cgroup::open(&h, &spec.cgroup_path).map_err(|source| Error::Cgroup {
+        path: spec.cgroup_path.clone(),
+        source,
+    })
+}
+
+/// The device allow-list of a jail without its own: the nodes berth-init
+/// provides (null, zero, full, random, urandom, tty, ptmx and the pts
+/// terminals), plus every device the spec passes through.
+fn limits(spec: &JailSpec) -> cgroup::Limits {
+    use cgroup::{DeviceAccess, DeviceKind, DeviceRule};
+    let r = &spec.resources;
+    let access = |s: &str| DeviceAccess {
+        read: s.contains('r'),
+        write: s.contains('w'),
+        mknod: s.contains('m'),
+    };
+    let kind = |c: char| match c {
+        'c' => DeviceKind::Char,
+        'b' => DeviceKind::Block,
+        _ => DeviceKind::All,
+    };
+    let devices = if r.devices.is_empty() {
+        let mut v: Vec<DeviceRule> = [
+            (1, Some(3)),
+            (1, Some(5)),
+            (1, Some(7)),
+            (1, Some(8)),
+            (1, Some(9)),
+            (5, Some(0)),
+            (5, Some(2)),
+            (136, None),
+        ]
+        .iter()
+        .map(|&(major, minor)| DeviceRule {
+            allow: true,
+            kind: DeviceKind::Char,
+            major: Some(major),
+            minor,
+            access: DeviceAccess::ALL,
+        })
+        .collect();
+        for d in &spec.devices {
+            v.push(DeviceRule {
+                allow: true,
+                kind: kind(d.kind),
+                major: Some(d.major),
+                minor: Some(d.minor),
+                access: DeviceAccess::ALL,
+            });
+        }
+        v
+    } else {
+        r.devices
+            .iter()
+            .map(|d| DeviceRule {
+                allow: d.allow,
+                kind: kind(d.kind),
+                major: d.major,
+                minor: d.minor,
+                access: access(&d.access),
+            })
+            .collect()
+    };
+    cgroup::Limits {
+        memory_max: r.memory_max,
+        swap_off: r.swap_off,
+        cpu_weight: r.cpu_weight,
+        cpu_quota: r.cpu_quota.map(|q| cgroup::CpuQuota {
+            quota_us: q.quota_us,
+            period_us: q.period_us,
+        }),
+        pids_max: r.pids_max,
+        devices: Some(devices),
+        io_weight: r.io_weight,
+    }
+}
+
+/// Everything of create after the state record exists.
+async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
+    let spec = jail.state.spec.clone();
+
+    // Cgroup with limits.
+    {
+        let spec = spec.clone();
+        blocking(move || {
+            let h = hierarchy(&spec)?;
+            let err = |source| Error::Cgroup {
+                path: spec.cgroup_path.clone(),
+                source,
+            };
+            let cg = cgroup::Cgroup::create(&h, &spec.cgroup_path).map_err(err)?;
+            cg.apply(&limits(&spec)).map_err(err)?;
+            Ok(())
+        })
+        .await?;
+    }
+
+    // Address and bridge.
+    let mut bridge = None;
+    let mut net = None;
+    if let Some(n) = &spec.network {
+        let owner = owner(&spec);
+        let n2 = n.clone();
+        let addr = blocking(move || {
+            let mut a =
+                netns::Allocator::open(&n2.allocator_dir, &n2.bridge, n2.gateway, n2.prefix_len)
+                    .map_err(|source| Error::Net {
+                        what: format!("allocator {}", n2.allocator_dir.display()),
+                        source: Box::new(source),
+                    })?;
+            a.allocate(&owner).map_err(|source| Error::Net {
+                what: format!("allocate address on {}", n2.bridge),
+                source: Box::new(source),
+            })
+        })
+        .await?;
+        jail.state.address = Some(addr);
+        save(jail).await?;
+        let c = netns::Net::connect().await.map_err(|source| Error::Net {
+            what: "connect".into(),
+            source: Box::new(source),
+        })?;
+        let b = c
+            .ensure_bridge(&n.bridge, n.gateway, n.prefix_len)
+            .await
+            .map_err(|source| Error::Net {
+                what: format!("bridge {}", n.bridge),
+                source: Box::new(source),
+            })?;
+        bridge = Some(b);
+        net = Some(c);
+    }
+
+    // Files in the state directory and the init process.
+    let dir = jail.dir.clone();
+    let spec2 = spec.clone();
+    let mut spawned = blocking(move || spawn_create(&dir, &spec2)).await?;
+    jail.pidfd = Some(spawned.pidfd.clone());
+    jail.state.pid = Some(spawned.pid);
+    jail.state.start_time = proc_start_time(spawned.pid);
+    save(jail).await?;
+
+    // Id maps and cgroup, then the veth, then go.
+    {
+        let spec = spec.clone();
+        let pid = spawned.pid;
+        blocking(move || {
+            if let Some((u, g)) = &spec.user_ns {
+                write_map(pid, "uid_map", u)?;
+                write_map(pid, "gid_map", g)?;
+            }
+            let cg = open_cgroup(&spec)?;
+            cg.attach(pid).map_err(|source| Error::Cgroup {
+                path: spec.cgroup_path.clone(),
+                source,
+            })
+        })
+        .await?;
+    }
+    if let (Some(c), Some(b), Some(addr), Some(host_if)) = (
+        &net,
+        &bridge,
+        jail.state.address,
+        jail.state.host_veth.clone(),
+    ) {
+        c.add_veth(b, &host_if, JAIL_IF, netns::NsRef::Pid(spawned.pid), addr)
+            .await
+            .map_err(|source| Error::Net {
+                what: format!("veth {host_if}"),
+                source: Box::new(source),
+            })?;
+    }
+    let plan = spawned.plan.take().unwrap_or_default();
+    blocking(move || spawned.go(&plan)).await?;
+    jail.state.phase = Phase::Created;
+    save(jail).await
+}
+
+fn owner(spec: &JailSpec) -> String {
+    format!("{}/{}", spec.vendor, spec.name)
+}
+
+async fn save(jail: &Jail) -> Result<(), Error> {
+    let dir = jail.dir.clone();
+    let state = jail.state.clone();
+    blocking(move || state.save(&dir).map_err(Error::from)).await
+}
+
+fn write_map(pid: i32, file: &str, maps: &[crate::spec::IdMap]) -> Result<(), Error> {
+    let body: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect();
+    let path = format!("/proc/{pid}/{file}");
+    fs::write(&path, body.as_bytes()).map_err(Error::io(format!("write {path}")))
+}
+
+/// The berth-init binary: the option, beside the current executable, then
+/// `$BERTH_INIT`.
+pub fn find_init(opt: Option<&Path>) -> Result<PathBuf, Error> {
+    let mut tried = Vec::new();
+    if let Some(p) = opt {
+        if p.is_file() {
+            return Ok(p.to_owned());
+        }
+        tried.push(p.to_owned());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            for cand in [d.join("berth-init"), d.join("../berth-init")] {
+                if cand.is_file() {
+                    return Ok(cand);
+                }
+                tried.push(cand);
+            }
+        }
+    }
+    if let Some(p) = std::env::var_os("BERTH_INIT") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p);
+    }
+    Err(Error::InitNotFound { tried })
+}
+
+/// Moves `fd` to a number >= FD_SOURCE_MIN (close-on-exec).
+fn high(fd: impl AsFd) -> Result<OwnedFd, Error> {
+    let n = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(sys::FD_SOURCE_MIN))
+        .map_err(Error::nix("dup fd"))?;
+    Ok(sys::own_fd(n))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(Error::nix("pipe"))
+}
+
+/// An init process cloned but not yet released.
+struct Spawned {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    sync_w: Option<OwnedFd>,
+    plan_w: Option<OwnedFd>,
+    report_r: Option<OwnedFd>,
+    plan: Option<Vec<u8>>,
+}
+
+impl Spawned {
+    /// Releases init, sends the plan and waits for `ok` or an error.
+    fn go(&mut self, plan: &[u8]) -> Result<(), Error> {
+        let sync = self.sync_w.take();
+        if let Some(s) = &sync {
+            nix::unistd::write(s, b"g").map_err(Error::nix("release init"))?;
+        }
+        drop(sync);
+        if let Some(p) = self.plan_w.take() {
+            let mut f = fs::File::from(p);
+            // A failed write means init died; its report says why.
+            let _ = f.write_all(plan);
+        }
+        let Some(r) = self.report_r.take() else {
+            return Ok(());
+        };
+        let report = read_report(r, SETUP_TIMEOUT)?;
+        parse_report(&report)
+    }
+}
+
+fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut f = fs::File::from(r);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout("waiting for berth-init to report".into()));
+        }
+        let ms = left.as_millis().min(u128::from(u16::MAX)) as u16;
+        let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut pfd, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::nix("poll report pipe")(e)),
+        }
+        let mut buf = [0u8; 4096];
+        let n = f.read(&mut buf).map_err(Error::io("read report pipe"))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"ok\n") || out.starts_with(b"X") && out.len() >= 5 {
+            return Ok(out);
+        }
+    }
+}
+
+fn parse_report(r: &[u8]) -> Result<(), Error> {
+    if r.first() == Some(&b'X') && r.len() >= 5 {
+        let errno = i32::from_ne_bytes([r[1], r[2], r[3], r[4]]);
+        return Err(Error::Setup(format!(
+            "exec berth-init: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )));
+    }
+    let s = String::from_utf8_lossy(r);
+    if s.starts_with("ok\n") {
+        return Ok(());
+    }
+    if let Some(msg) = s.strip_prefix("error ") {
+        return Err(Error::Setup(msg.trim_end().to_owned()));
+    }
+    Err(Error::Setup(format!(
+        "berth-init exited without a report ({:?})",
+        s.trim_end()
+    )))
+}
+
+struct ChildFds {
+    stdio: [OwnedFd; 3],
+    extra: OwnedFd,
+}
+
+/// Clones berth-init with `ns_flags`, fds 0-2 and 5 from `fds`.
+fn spawn_init(init: &Path, ns_flags: u64, fds: ChildFds) -> Result<Spawned, Error> {
+    let exe = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(init)
+        .map_err(Error::io(format!("open {}", init.display())))?;
+    let exe = high(&exe)?;
+    let (plan_r, plan_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (sync_r, sync_w) = pipe()?;
+    let plan_r = high(plan_r)?;
+    let report_w = high(report_w)?;
+    let sync_r = high(sync_r)?;
+    let stdio: Vec<OwnedFd> = fds.stdio.into_iter().map(high).collect::<Result<_, _>>()?;
+    let extra = high(fds.extra)?;
+    let map: Vec<(RawFd, RawFd)> = vec![
+        (stdio[0].as_raw_fd(), 0),
+        (stdio[1].as_raw_fd(), 1),
+        (stdio[2].as_raw_fd(), 2),
+        (plan_r.as_raw_fd(), crate::plan::FD_PLAN),
+        (report_w.as_raw_fd(), crate::plan::FD_REPORT),
+        (extra.as_raw_fd(), crate::plan::FD_EXTRA),
+    ];
+    let close_first = [plan_w.as_raw_fd(), report_r.as_raw_fd(), sync_w.as_raw_fd()];
+    let arg0 = c"berth-init";
+    let argv: [*const libc::c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let exec = sys::ChildExec {
+        exe: exe.as_fd(),
+        argv: &argv,
+        envp: &envp,
+        sync_read: sync_r.as_raw_fd(),
+        close_first: &close_first,
+        fds: &map,
+        err_fd: report_w.as_raw_fd(),
+    };
+    let child =
+        sys::clone_exec(ns_flags, &exec).map_err(Error::io(format!("clone {}", init.display())))?;
+    Ok(Spawned {
+        pid: child.pid,
+        pidfd: Arc::new(child.pidfd),
+        sync_w: Some(sync_w),
+        plan_w: Some(plan_w),
+        report_r: Some(report_r),
+        plan: None,
+    })
+}
+
+fn dev_null(write: bool) -> Result<OwnedFd, Error> {
+    let f = fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")
+        .map_err(Error::io("open /dev/null"))?;
+    Ok(f.into())
+}
+
+fn dup_std(n: RawFd) -> Result<OwnedFd, Error> {
+    let fd = fcntl(
+        sys::borrow_fd(n),
+        FcntlArg::F_DUPFD_CLOEXEC(sys::FD_SOURCE_MIN),
+    )
+    .map_err(Error::nix(format!("dup fd {n}")))?;
+    Ok(sys::own_fd(fd))
+}
+
+fn process_plan(spec: &JailSpec) -> Result<ProcessPlan, Error> {
+    let p = &spec.process;
+    let arch = crate::seccomp::native_arch().ok_or_else(|| {
+        Error::Seccomp(crate::seccomp::SeccompError::Compile(
+            "no syscall table for this architecture".into(),
+        ))
+    })?;
+    Ok(ProcessPlan {
+        args: p.args.clone(),
+        env: p.env.clone(),
+        cwd: p.cwd.clone(),
+        uid: p.uid,
+        gid: p.gid,
+        groups: p.additional_gids.clone(),
+        caps: p.caps,
+        rlimits: p.rlimits.clone(),
+        no_new_privs: p.no_new_privs,
+        seccomp: crate::seccomp::programs(spec.seccomp.as_ref(), arch)?,
+    })
+}
+
+fn ns_flags(userns: bool) -> u64 {
+    let mut f = (libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET) as u64;
+    if userns {
+        f |= libc::CLONE_NEWUSER as u64;
+    }
+    f
+}
+
+/// Host uid/gid of root inside the jail's user namespace.
+fn mapped_root(spec: &JailSpec) -> Option<(u32, u32)> {
+    let (u, g) = spec.user_ns.as_ref()?;
+    let f = |m: &[crate::spec::IdMap]| m.iter().find(|m| m.inside == 0).map(|m| m.outside);
+    Some((f(u)?, f(g)?))
+}
+
+fn chown(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
+    if let Some((u, g)) = ids {
+        std::os::unix::fs::chown(path, Some(u), Some(g))
+            .map_err(Error::io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
+    let init = find_init(spec.init_path.as_deref())?;
+    let owner = mapped_root(spec);
+    let fifo = dir.join(FIFO_FILE);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(Error::nix(format!("mkfifo {}", fifo.display())))?;
+    let root = dir.join(ROOT_DIR);
+    fs::create_dir_all(&root).map_err(Error::io(format!("mkdir {}", root.display())))?;
+    // In a user namespace, init is root only inside it: let it reach its
+    // own state files and the writable overlay layer.
+    chown(dir, owner)?;
+    chown(&fifo, owner)?;
+    chown(&root, owner)?;
+    if let RootfsOptions::Overlay { upper, work, .. } = &spec.rootfs {
+        chown(upper, owner)?;
+        chown(work, owner)?;
+    }
+    if owner.is_some() {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+    let status_path = dir.join(STATUS_FILE);
+    let status = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&status_path)
+        .map_err(Error::io(format!("create {}", status_path.display())))?;
+    let stdio = match spec.console {
+        Console::LogFile => {
+            let p = dir.join(CONSOLE_FILE);
+            let log = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(&p)
+                .map_err(Error::io(format!("create {}", p.display())))?;
+            let log2 = log.try_clone().map_err(Error::io("dup console log"))?;
+            [dev_null(false)?, log.into(), log2.into()]
+        }
+        Console::Null => [dev_null(false)?, dev_null(true)?, dev_null(true)?],
+        Console::Inherit => [dup_std(0)?, dup_std(1)?, dup_std(2)?],
+    };
+    let plan = InitPlan {
+        version: PLAN_VERSION,
+        mode: Mode::Create(Box::new(CreatePlan {
+            rootfs: match &spec.rootfs {
+                RootfsOptions::Bind { path } => RootfsPlan::Bind(path.clone()),
+                RootfsOptions::Overlay {
+                    lowers,
+                    upper,
+                    work,
+                } => RootfsPlan::Overlay(lowers.clone(), upper.clone(), work.clone()),
+            },
+            root_mount: root,
+            readonly_root: spec.readonly_root,
+            mounts: spec.mounts.clone(),
+            devices: spec.devices.clone(),
+            masked_paths: spec.masked_paths.clone(),
+            readonly_paths: spec.readonly_paths.clone(),
+            hostname: spec.hostname.clone(),
+            fifo,
+            userns: spec.user_ns.is_some(),
+            process: process_plan(spec)?,
+        })),
+    };
+    let mut s = spawn_init(
+        &init,
+        ns_flags(spec.user_ns.is_some()),
+        ChildFds {
+            stdio,
+            extra: status.into(),
+        },
+    )?;
+    s.plan = Some(plan.encode());
+    Ok(s)
+}
+
+fn exec_blocking(
+    spec: &JailSpec,
+    jail_pidfd: &Arc<OwnedFd>,
+    opts: ExecOptions,
+) -> Result<ExecOutput, Error> {
+    let init = find_init(spec.init_path.as_deref())?;
+    let mut process = process_plan(spec)?;
+    process.args = opts.args;
+    if let Some(env) = opts.env {
+        process.env = env;
+    }
+    if !process.env.iter().any(|e| e.starts_with("PATH=")) {
+        process.env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if let Some(cwd) = opts.cwd {
+        process.cwd = cwd;
+    }
+    let (out_pipe, err_pipe, stdio) = match opts.stdio {
+        ExecStdio::Capture => {
+            let (or, ow) = pipe()?;
+            let (er, ew) = pipe()?;
+            (Some(or), Some(er), [dev_null(false)?, ow, ew])
+        }
+        ExecStdio::Inherit => (None, None, [dup_std(0)?, dup_std(1)?, dup_std(2)?]),
+    };
+    let pidfd = jail_pidfd.try_clone().map_err(Error::io("dup pidfd"))?;
+    let plan = InitPlan {
+        version: PLAN_VERSION,
+        mode: Mode::Exec(ExecPlan {
+            userns: spec.user_ns.is_some(),
+            process,
+        }),
+    };
+    let mut s = spawn_init(
+        &init,
+        0,
+        ChildFds {
+            stdio,
+            extra: pidfd,
+        },
+    )?;
+    let kill = |s: &Spawned| {
+        let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::waitid_pidfd(s.pidfd.as_fd(), false);
+    };
+    let attach = open_cgroup(spec).and_then(|cg| {
+        cg.attach(s.pid).map_err(|source| Error::Cgroup {
+            path: spec.cgroup_path.clone(),
+            source,
+        })
+    });
+    if let Err(e) = attach {
+        kill(&s);
+        return Err(e);
+    }
+    if let Err(e) = s.go(&plan.encode()) {
+        kill(&s);
+        return Err(e);
+    }
+    let (stdout, stderr) = match (out_pipe, err_pipe) {
+        (Some(o), Some(e)) => drain(o, e)?,
+        _ => (Vec::new(), Vec::new()),
+    };
+    let code = match sys::waitid_pidfd(s.pidfd.as_fd(), false).map_err(Error::io("wait exec"))? {
+        sys::Reaped::Exited(c) => c,
+        sys::Reaped::Signaled(sig) => 128 + sig,
+        sys::Reaped::Running => 255,
+    };
+    Ok(ExecOutput {
+        code,
+        stdout,
+        stderr,
+    })
+}
+
+/// Reads two pipes to EOF without deadlocking on either.
+fn drain(o: OwnedFd, e: OwnedFd) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let mut files = [Some(fs::File::from(o)), Some(fs::File::from(e))];
+    let mut bufs = [Vec::new(), Vec::new()];
+    while files.iter().any(Option::is_some) {
+        let mut idx = Vec::new();
+        let mut pfds = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            if let Some(f) = f {
+                idx.push(i);
+                pfds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        match poll(&mut pfds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::nix("poll exec output")(e)),
+        }
+        let ready: Vec<usize> = pfds
+            .iter()
+            .zip(&idx)
+            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, &i)| i)
+            .collect();
+        drop(pfds);
+        for i in ready {
+            let mut buf = [0u8; 8192];
+            let n = match files[i].as_mut().map(|f| f.read(&mut buf)) {
+                Some(Ok(n)) => n,
+                _ => 0,
+            };
+            if n == 0 {
+                files[i] = None;
+            } else {
+                bufs[i].extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let [a, b] = bufs;
+    Ok((a, b))
+}
+
+/// A pidfd of the recorded init if it is still the same process.
+fn open_verified(state: &JailState) -> Option<OwnedFd> {
+    let pid = state.pid?;
+    let fd = sys::pidfd_open(pid).ok()?;
+    // Check the start time after opening the pidfd: if it matches now, the
+    // pidfd refers to the recorded process (pid reuse would change it).
+    let st = proc_start_time(pid)?;
+    if Some(st) != state.start_time {
+        return None;
+    }
+    Some(fd)
+}
+
+/// Removes every object a jail may own. Idempotent: missing objects are
+/// fine. Returns the failures (empty when all is gone).
+async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
+    let mut errs = Vec::new();
+    let spec = state.spec.clone();
+    // Cgroup (kills whatever still runs in it).
+    let r = {
+        let spec = spec.clone();
+        blocking(move || {
+            let h = hierarchy(&spec)?;
+            if cgroup::Cgroup::exists(&h, &spec.cgroup_path) {
+                let cg = cgroup::Cgroup::open(&h, &spec.cgroup_path).map_err(|source| {
+                    Error::Cgroup {
+                        path: spec.cgroup_path.clone(),
+                        source,
+                    }
+                })?;
+                cg.destroy().map_err(|source| Error::Cgroup {
+                    path: spec.cgroup_path.clone(),
+                    source,
+                })?;
+            }
+            Ok(())
+        })
+        .await
+    };
+    if let Err(e) = r {
+        errs.push(e);
+    }
+    // Veth (normally gone with the network namespace) and address.
+    if let Some(n) = &spec.network {
+        if let Some(host_if) = &state.host_veth {
+            match netns::Net::connect().await {
+                Ok(c) => match c.link_exists(host_if).await {
+                    Ok(true) => {
+                        if let Err(source) = c.delete_link(host_if).await {
+                            errs.push(Error::Net {
+                                what: format!("delete {host_if}"),
+                                source: Box::new(source),
+                            });
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(source) => errs.push(Error::Net {
+                        what: format!("look up {host_if}"),
+                        source: Box::new(source),
+                    }),
+                },
+                Err(source) => errs.push(Error::Net {
+                    what: "connect".into(),
+                    source: Box::new(source),
+                }),
+            }
+        }
+        let n = n.clone();
+        let owner = owner(&spec);
+        let r = blocking(move || {
+            let mut a =
+                netns::Allocator::open(&n.allocator_dir, &n.bridge, n.gateway, n.prefix_len)
+                    .map_err(|source| Error::Net {
+                        what: format!("allocator {}", n.allocator_dir.display()),
+                        source: Box::new(source),
+                    })?;
+            a.release(&owner).map_err(|source| Error::Net {
+                what: format!("release address on {}", n.bridge),
+                source: Box::new(source),
+            })
+        })
+        .await;
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    }
+    // Overlay work files (the kernel's `work/work`, mode 000) and the
+    // state directory. Mounts live only in the jail's mount namespace and
+    // went with it.
+    let dir = dir.to_owned();
+    let r = blocking(move || {
+        if let RootfsOptions::Overlay { work, .. } = &spec.rootfs {
+            if let Ok(rd) = fs::read_dir(work) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
+                    let r = if p.is_dir() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    r.map_err(Error::io(format!("remove {}", p.display())))?;
+                }
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", dir.display()))(e)),
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        errs.push(e);
+    }
+    errs
+}
+
+/// Every jail under `state_root`.
+pub async fn list(state_root: &Path) -> Result<Vec<JailInfo>, Error> {
+    let root = state_root.to_owned();
+    blocking(move || {
+        let mut out = Vec::new();
+        for name in list_names(&root)? {
+            let dir = jail_dir(&root, &name);
+            let Ok(st) = JailState::load(&dir) else {
+                continue;
+            };
+            let alive = open_verified(&st).is_some();
+            out.push(JailInfo {
+                name,
+                vendor: st.vendor.to_string(),
+                phase: if alive || st.phase == Phase::Creating {
+                    st.phase
+                } else {
+                    Phase::Stopped
+                },
+                pid: st.pid,
+                alive,
+                address: st.address,
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Create, start, wait, delete: a one-shot jail. Returns the payload's
+/// exit record.
+pub async fn run(spec: JailSpec) -> Result<ExitRecord, Error> {
+    let mut jail = Jail::create(spec).await?;
+    let res = async {
+        jail.start().await?;
+        jail.wait().await
+    }
+    .await;
+    let del = jail.delete().await;
+    match (res, del) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(d)) => Err(e.with_cleanup(vec![d])),
+    }
+}
+
+/// Removes the leftovers of jails whose init is gone or whose create never
+/// finished (a creator killed mid-create): cgroup, veth, address, state.
+/// Jails whose init still runs are kept. Call at startup, before creating
+/// jails (a create in progress looks like an abandoned one). Returns the
+/// names removed.
+pub async fn recover(state_root: &Path) -> Result<Vec<String>, Error> {
+    let root = state_root.to_owned();
+    let names = {
+        let root = root.clone();
+        blocking(move || list_names(&root).map_err(Error::from)).await?
+    };
+    let mut removed = Vec::new();
+    let mut errs = Vec::new();
+    for name in names {
+        let dir = jail_dir(&root, &name);
+        let loaded = {
+            let dir = dir.clone();
+            blocking(move || Ok(JailState::load(&dir))).await?
+        };
+        match loaded {
+            Ok(st) => {
+                let alive = open_verified(&st).is_some();
+                if alive && st.phase != Phase::Creating {
+                    continue;
+                }
+                if alive {
+                    if let Some(fd) = open_verified(&st) {
+                        let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                    }
+                }
+                let e = cleanup(&st, &dir).await;
+                if e.is_empty() {
+                    removed.push(name);
+                } else {
+                    errs.extend(e);
+                }
+            }
+            Err(_) => {
+                // No readable record: create writes it before making any
+                // kernel object, so there is nothing but the directory.
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => removed.push(name),
+                    Err(e) => errs.push(Error::io(format!("remove {}", dir.display()))(e)),
+                }
+            }
+        }
+    }
+    match errs.into_iter().reduce(|a, b| a.with_cleanup(vec![b])) {
+        None => Ok(removed),
+        Some(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_parsing() {
+        assert!(parse_report(b"ok\n").is_ok());
+        assert_eq!(
+            parse_report(b"error mount overlay on /x: EINVAL: Invalid argument\n")
+                .unwrap_err()
+                .to_string(),
+            "setup failed: mount overlay on /x: EINVAL: Invalid argument"
+        );
+        let mut x = vec![b'X'];
+        x.extend_from_slice(&libc::ENOENT.to_ne_bytes());
+        assert_eq!(
+            parse_report(&x).unwrap_err().to_string(),
+            "setup failed: exec berth-init: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            parse_report(b"").unwrap_err().to_string(),
+            "setup failed: berth-init exited without a report (\"\")"
+        );
+    }
+
+    #[test]
+    fn find_init_reports_what_it_tried() {
+        let e = find_init(Some(Path::new("/nonexistent/berth-init"))).map(|_| ());
+        if let Err(Error::InitNotFound { tried }) = e {
+            assert_eq!(tried[0], PathBuf::from("/nonexistent/berth-init"));
+        }
+    }
+
+    #[test]
+    fn cgroup_parent_is_two_up() {
+        let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "/r"},
+            "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }))
+        .unwrap();
+        let spec = JailSpec::from_oci(
+            &oci,
+            &crate::spec::JailOptions {
+                name: "n".into(),
+                vendor: "v".into(),
+                cgroup_parent: Some("berth-test/x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cgroup_parent(&spec), PathBuf::from("berth-test/x"));
+        let l = limits(&spec);
+        assert_eq!(l.devices.as_ref().unwrap().len(), 8);
+    }
+}

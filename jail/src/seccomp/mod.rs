@@ -1,0 +1,374 @@
+//! Seccomp filters of a jail, compiled in the library with `seccompiler`
+//! (pure Rust, no libseccomp) and shipped to berth-init as classic BPF.
+//!
+//! Two layers: the Berth baseline ([`BASELINE`], data with one comment per
+//! entry saying who needs the refusal), always installed; and the spec's
+//! own `linux.seccomp` profile when it has one. The kernel runs every
+//! installed filter and the strictest answer wins (seccomp(2)), so the
+//! spec can narrow but never widen the baseline.
+//!
+//! `syscalls` holds the per-architecture number tables.
+
+mod syscalls;
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::spec::{SeccompActionSpec, SeccompSpec};
+
+/// One BPF instruction: `(code, jt, jf, k)`.
+pub type Insn = (u16, u8, u8, u32);
+
+/// A compiled filter.
+pub type Program = Vec<Insn>;
+
+/// Why a filter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// Bad argument condition in the spec.
+    #[error("seccomp: rule for {name}: {why}")]
+    Condition {
+        /// Syscall name.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// seccompiler refused the filter.
+    #[error("seccomp: compile: {0}")]
+    Compile(String),
+}
+
+/// One refusal of the baseline.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    /// Syscall name.
+    pub name: &'static str,
+    /// `Some((arg, mask))`: refused only when `arg & mask == mask`.
+    pub when_flags: Option<(u8, u64)>,
+}
+
+const fn always(name: &'static str) -> Refusal {
+    Refusal {
+        name,
+        when_flags: None,
+    }
+}
+
+/// The Berth baseline: refused with EPERM in every jail.
+///
+/// Each entry says who would otherwise use it against the gateway.
+pub const BASELINE: &[Refusal] = &[
+    // Kernel modules: a vendor app must never load code into the gateway's
+    // kernel (CAP_SYS_MODULE is dropped too; this is the second wall).
+    always("init_module"),
+    always("finit_module"),
+    always("delete_module"),
+    // Replacing the running kernel or rebooting the gateway.
+    always("kexec_load"),
+    always("kexec_file_load"),
+    always("reboot"),
+    // Mount API: berth-init installs this filter after its own mounts, so
+    // only the payload is refused; a jail must not reshape its filesystem
+    // view (or reach host paths through new mounts).
+    always("mount"),
+    always("umount2"),
+    always("pivot_root"),
+    always("move_mount"),
+    always("open_tree"),
+    always("fsmount"),
+    always("fsopen"),
+    always("fsconfig"),
+    always("fspick"),
+    always("mount_setattr"),
+    // Kernel keyrings are not namespaced: keys would leak across vendors.
+    always("keyctl"),
+    always("add_key"),
+    always("request_key"),
+    // eBPF and perf expose kernel memory layout and other tenants' activity.
+    always("bpf"),
+    always("perf_event_open"),
+    // Inspecting or writing other processes' memory.
+    always("ptrace"),
+    always("process_vm_readv"),
+    always("process_vm_writev"),
+    // The clock is the gateway's (TLS and logs of every vendor depend on it).
+    always("settimeofday"),
+    always("clock_settime"),
+    always("clock_adjtime"),
+    always("adjtimex"),
+    // Swap is a host-wide resource.
+    always("swapon"),
+    always("swapoff"),
+    // Process accounting writes a host file.
+    always("acct"),
+    // New user namespaces re-grant every capability inside them, the usual
+    // first step of kernel exploits; jails that need one get it from Berth.
+    Refusal {
+        name: "unshare",
+        when_flags: Some((0, libc::CLONE_NEWUSER as u64)),
+    },
+    Refusal {
+        name: "setns",
+        when_flags: Some((1, libc::CLONE_NEWUSER as u64)),
+    },
+    Refusal {
+        name: "clone",
+        when_flags: Some((0, libc::CLONE_NEWUSER as u64)),
+    },
+];
+
+/// The architectures Berth compiles filters for.
+pub fn arch_name(arch: TargetArch) -> &'static str {
+    match arch {
+        TargetArch::x86_64 => "x86_64",
+        TargetArch::aarch64 => "aarch64",
+        TargetArch::riscv64 => "riscv64",
+    }
+}
+
+/// The architecture this binary runs on, if Berth has tables for it.
+pub fn native_arch() -> Option<TargetArch> {
+    if cfg!(target_arch = "x86_64") {
+        Some(TargetArch::x86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(TargetArch::aarch64)
+    } else {
+        None
+    }
+}
+
+/// Syscall number of `name` on `arch`.
+pub fn number(arch: TargetArch, name: &str) -> Option<i64> {
+    let table = match arch {
+        TargetArch::x86_64 => syscalls::X86_64,
+        // riscv64 uses the generic table too.
+        TargetArch::aarch64 | TargetArch::riscv64 => syscalls::AARCH64,
+    };
+    table.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+}
+
+fn to_program(p: BpfProgram) -> Program {
+    p.into_iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect()
+}
+
+/// x86_64 only: refuse x32-ABI syscall numbers (bit 30 set), which would
+/// otherwise slip past rules written for 64-bit numbers. Prepended to each
+/// program; seccompiler's own prologue reloads what it needs.
+fn x32_guard() -> Program {
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JGE_K: u16 = 0x35;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    vec![
+        (BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        (BPF_JMP_JGE_K, 0, 1, 0x4000_0000),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+    ]
+}
+
+fn finish(arch: TargetArch, f: SeccompFilter) -> Result<Program, SeccompError> {
+    let p: BpfProgram = f
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?;
+    let mut out = if arch == TargetArch::x86_64 {
+        x32_guard()
+    } else {
+        Vec::new()
+    };
+    out.extend(to_program(p));
+    Ok(out)
+}
+
+/// Compiles the baseline for `arch`.
+pub fn baseline(arch: TargetArch) -> Result<Program, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for r in BASELINE {
+        let Some(nr) = number(arch, r.name) else {
+            // Some names do not exist everywhere (aarch64 has no
+            // `umount2`-less variants to worry about, but e.g. no
+            // `kexec_file_load` on older tables): skip, nothing to refuse.
+            continue;
+        };
+        let rule = match r.when_flags {
+            None => Vec::new(),
+            Some((arg, mask)) => {
+                let c = SeccompCondition::new(
+                    arg,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(mask),
+                    mask,
+                )
+                .map_err(|e| SeccompError::Compile(e.to_string()))?;
+                vec![SeccompRule::new(vec![c]).map_err(|e| SeccompError::Compile(e.to_string()))?]
+            }
+        };
+        rules.insert(nr, rule);
+    }
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    finish(arch, f)
+}
+
+fn action(a: SeccompActionSpec) -> SeccompAction {
+    match a {
+        SeccompActionSpec::Allow => SeccompAction::Allow,
+        SeccompActionSpec::Errno(e) => SeccompAction::Errno(e),
+        SeccompActionSpec::KillProcess => SeccompAction::KillProcess,
+        SeccompActionSpec::KillThread => SeccompAction::KillThread,
+        SeccompActionSpec::Trap => SeccompAction::Trap,
+        SeccompActionSpec::Log => SeccompAction::Log,
+    }
+}
+
+/// Compiles the spec's profile for `arch`. Names the architecture lacks are
+/// skipped, as runc and libseccomp do (profiles list syscalls of every
+/// architecture).
+pub fn compile_spec(spec: &SeccompSpec, arch: TargetArch) -> Result<Program, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Syscalls matched on the number alone; seccompiler spells that as an
+    // empty rule vector (it refuses rules without conditions).
+    let mut unconditional = std::collections::BTreeSet::new();
+    for r in &spec.rules {
+        for name in &r.names {
+            let Some(nr) = number(arch, name) else {
+                tracing::debug!(syscall = %name, arch = arch_name(arch), "seccomp: syscall unknown, skipped");
+                continue;
+            };
+            let entry = rules.entry(nr).or_default();
+            if r.args.is_empty() {
+                unconditional.insert(nr);
+                continue;
+            }
+            let mut conds = Vec::new();
+            for (idx, op, v, v2) in &r.args {
+                let (op, value) = match op.as_str() {
+                    "EQ" => (SeccompCmpOp::Eq, *v),
+                    "NE" => (SeccompCmpOp::Ne, *v),
+                    "LT" => (SeccompCmpOp::Lt, *v),
+                    "LE" => (SeccompCmpOp::Le, *v),
+                    "GT" => (SeccompCmpOp::Gt, *v),
+                    "GE" => (SeccompCmpOp::Ge, *v),
+                    "MASKED_EQ" => (SeccompCmpOp::MaskedEq(*v), *v2),
+                    other => {
+                        return Err(SeccompError::Condition {
+                            name: name.clone(),
+                            why: format!("operator {other} is not supported"),
+                        })
+                    }
+                };
+                conds.push(
+                    SeccompCondition::new(*idx, SeccompCmpArgLen::Qword, op, value).map_err(
+                        |e| SeccompError::Condition {
+                            name: name.clone(),
+                            why: e.to_string(),
+                        },
+                    )?,
+                );
+            }
+            entry.push(
+                SeccompRule::new(conds).map_err(|e| SeccompError::Condition {
+                    name: name.clone(),
+                    why: e.to_string(),
+                })?,
+            );
+        }
+    }
+    for nr in unconditional {
+        rules.insert(nr, Vec::new());
+    }
+    let f = SeccompFilter::new(
+        rules,
+        action(spec.default_action),
+        action(spec.rule_action),
+        arch,
+    )
+    .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    finish(arch, f)
+}
+
+/// Every program to install for `spec` on `arch`, baseline first.
+pub fn programs(
+    spec: Option<&SeccompSpec>,
+    arch: TargetArch,
+) -> Result<Vec<Program>, SeccompError> {
+    let mut out = vec![baseline(arch)?];
+    if let Some(s) = spec {
+        out.push(compile_spec(s, arch)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_compiles_for_x86_64_and_arm64() {
+        for arch in [TargetArch::x86_64, TargetArch::aarch64] {
+            let p = baseline(arch).unwrap();
+            assert!(p.len() > 30, "{} instructions", p.len());
+            assert!(p.len() < 4096);
+        }
+        // x86_64 starts with the x32 guard.
+        assert_eq!(baseline(TargetArch::x86_64).unwrap()[..3], x32_guard()[..]);
+    }
+
+    #[test]
+    fn every_baseline_name_is_known_on_x86_64() {
+        for r in BASELINE {
+            assert!(number(TargetArch::x86_64, r.name).is_some(), "{}", r.name);
+        }
+    }
+
+    #[test]
+    fn numbers_differ_per_arch() {
+        assert_eq!(number(TargetArch::x86_64, "reboot"), Some(169));
+        assert_eq!(number(TargetArch::aarch64, "reboot"), Some(142));
+        assert_eq!(number(TargetArch::aarch64, "mount"), Some(40));
+        assert_eq!(number(TargetArch::x86_64, "nope"), None);
+    }
+
+    #[test]
+    fn spec_profile_compiles_with_conditions() {
+        let s = SeccompSpec {
+            default_action: SeccompActionSpec::Errno(1),
+            rule_action: SeccompActionSpec::Allow,
+            rules: vec![
+                crate::spec::SyscallRuleSpec {
+                    names: vec!["read".into(), "write".into(), "not_a_syscall".into()],
+                    args: vec![],
+                },
+                crate::spec::SyscallRuleSpec {
+                    names: vec!["personality".into()],
+                    args: vec![(0, "MASKED_EQ".into(), 0xff, 8)],
+                },
+            ],
+        };
+        for arch in [TargetArch::x86_64, TargetArch::aarch64] {
+            let all = programs(Some(&s), arch).unwrap();
+            assert_eq!(all.len(), 2);
+        }
+        let bad = SeccompSpec {
+            rules: vec![crate::spec::SyscallRuleSpec {
+                names: vec!["read".into()],
+                args: vec![(0, "WEIRD".into(), 0, 0)],
+            }],
+            ..s
+        };
+        assert_eq!(
+            compile_spec(&bad, TargetArch::x86_64)
+                .unwrap_err()
+                .to_string(),
+            "seccomp: rule for read: operator WEIRD is not supported"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! Raw system calls that `nix` does not wrap (or wraps in a way that
+//! allocates), and the only place in this crate with `unsafe`.
+//!
+//! Layout: process creation (`clone3` with `CLONE_PIDFD`, fallback to
+//! `clone` + `pidfd_open`) and the async-signal-safe child path that ends in
+//! `execveat`; pidfd helpers (`pidfd_open`, `pidfd_send_signal`,
+//! `waitid(P_PIDFD)`); the pieces `berth-init` needs (fork, signal handlers,
+//! rlimits, capabilities, seccomp).
+
+use std::ffi::{c_char, CStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Everything the cloned child needs, prepared by the parent so that the
+/// child allocates nothing and takes no lock before `execveat` (the parent
+/// may be a multi-threaded tokio process: see clone(2), "the child ... only
+/// async-signal-safe functions").
+#[derive(Debug)]
+pub struct ChildExec<'a> {
+    /// O_PATH fd of the `berth-init` binary.
+    pub exe: BorrowedFd<'a>,
+    /// NULL-terminated argv.
+    pub argv: &'a [*const c_char],
+    /// NULL-terminated envp.
+    pub envp: &'a [*const c_char],
+    /// The child blocks on one byte from this fd before anything else, so
+    /// the parent can write id maps, attach the cgroup and create the veth.
+    pub sync_read: RawFd,
+    /// Descriptors the child closes before waiting (its copies of the
+    /// parent's pipe ends, so that a dead parent gives EOF).
+    pub close_first: &'a [RawFd],
+    /// `(source, target)` pairs: sources are all >= [`FD_SOURCE_MIN`],
+    /// targets below it, so no `dup2` clobbers a later source.
+    pub fds: &'a [(RawFd, RawFd)],
+    /// Where the child writes errno (4 bytes) if it cannot exec.
+    pub err_fd: RawFd,
+}
+
+/// Lowest number the parent moves child fds to before cloning.
+pub const FD_SOURCE_MIN: RawFd = 100;
+
+/// Targets are below this; everything from here up closes on exec.
+pub const FD_TARGET_END: RawFd = 10;
+
+/// Result of a clone: the pid (in the caller's pid namespace) and a pidfd.
+#[derive(Debug)]
+pub struct Child {
+    /// Pid in the caller's pid namespace.
+    pub pid: i32,
+    /// A pidfd referring to the child.
+    pub pidfd: OwnedFd,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Clones a child with the given namespace flags (`CLONE_NEW*`) which runs
+/// [`ChildExec`] and never returns into Rust code.
+pub fn clone_exec(ns_flags: u64, exec: &ChildExec<'_>) -> io::Result<Child> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: ns_flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack behaves like fork: the child runs on a
+    // copy of this stack. `args` is a valid clone_args of the size passed.
+    // The child only calls `child_path`, which uses raw async-signal-safe
+    // syscalls on memory prepared before the clone, and ends in
+    // execveat or _exit.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        child_path(exec);
+    }
+    if ret > 0 {
+        // SAFETY: the kernel stored a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        return Ok(Child {
+            pid: ret as i32,
+            pidfd,
+        });
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // Fallback for kernels before 5.3: clone(2) then pidfd_open.
+    // SAFETY: as above, a fork-like clone (null stack); the child never
+    // returns from `child_path`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (ns_flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if ret == 0 {
+        child_path(exec);
+    }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = ret as i32;
+    let pidfd = pidfd_open(pid)?;
+    Ok(Child { pid, pidfd })
+}
+
+/// The child side: raw syscalls only, no allocation, no locks.
+fn child_path(exec: &ChildExec<'_>) -> ! {
+    // SAFETY: every call below is an async-signal-safe raw syscall on fds
+    // and pointers that the parent prepared and that stay valid in this
+    // copy of its address space; the function ends in execveat or _exit.
+    unsafe {
+        for &fd in exec.close_first {
+            libc::close(fd);
+        }
+        let mut go = 0u8;
+        let n = libc::read(exec.sync_read, &mut go as *mut u8 as *mut libc::c_void, 1);
+        if n != 1 || go != b'g' {
+            libc::_exit(126);
+        }
+        for &(src, dst) in exec.fds {
+            if libc::dup2(src, dst) < 0 {
+                child_fail(exec.err_fd);
+            }
+        }
+        // Everything else closes on exec (close_range(2), kernel 5.11).
+        libc::syscall(
+            libc::SYS_close_range,
+            FD_TARGET_END as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        libc::syscall(
+            libc::SYS_execveat,
+            exec.exe.as_raw_fd(),
+            c"".as_ptr(),
+            exec.argv.as_ptr(),
+            exec.envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        child_fail(exec.err_fd)
+    }
+}
+
+/// Writes errno to `err_fd` and exits (child side; async-signal-safe).
+unsafe fn child_fail(err_fd: RawFd) -> ! {
+    // SAFETY: errno location and write/_exit are async-signal-safe.
+    unsafe {
+        let e: i32 = *libc::__errno_location();
+        let n = e.to_ne_bytes();
+        let b = [b'X', n[0], n[1], n[2], n[3]];
+        libc::write(err_fd, b.as_ptr() as *const libc::c_void, 5);
+        libc::_exit(127)
+    }
+}
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// pidfd_send_signal(2).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; a null siginfo means "as kill(2)".
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a reaped process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    /// Still running (only with `nohang`).
+    Running,
+    /// Exited with a code.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+}
+
+/// waitid(P_PIDFD, ..., WEXITED) — reaps the child behind `pidfd`.
+pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Reaped> {
+    // SAFETY: zeroed siginfo_t is a valid out-parameter.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: valid pointer to `info`; P_PIDFD (3) takes the fd as id.
+    let ret = unsafe { libc::waitid(3, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed when nothing exited).
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(Reaped::Running);
+    }
+    Ok(if code == libc::CLD_EXITED {
+        Reaped::Exited(status)
+    } else {
+        Reaped::Signaled(status)
+    })
+}
+
+/// fork(2) for the single-threaded `berth-init`.
+///
+/// Returns 0 in the child and the child's pid in the parent.
+pub fn fork_single_threaded() -> io::Result<i32> {
+    // SAFETY: berth-init is single-threaded (it is a fresh exec and spawns
+    // no threads), so the child may run arbitrary code.
+    let ret = unsafe { libc::fork() };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Installs a no-op handler for `signals` (so that, as PID 1 of a pid
+/// namespace, the signals are delivered at all: pid_namespaces(7) drops
+/// signals to init that have the default disposition) and blocks them so
+/// they are taken with `sigwaitinfo`.
+pub fn install_forwarding(signals: &[i32]) -> io::Result<()> {
+    for &sig in signals {
+        // SAFETY: zeroed sigaction plus a valid extern "C" handler; the
+        // handler does nothing, so it is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop_handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    set_mask(signals, libc::SIG_BLOCK)
+}
+
+/// Restores default dispositions and unblocks `signals` (payload side).
+pub fn reset_signals(signals: &[i32]) -> io::Result<()> {
+    for &sig in signals {
+        // SAFETY: resetting to SIG_DFL with a zeroed sigaction.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    set_mask(signals, libc::SIG_UNBLOCK)
+}
+
+fn set_mask(signals: &[i32], how: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigset manipulation on a local, then sigprocmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(how, &set, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// sigwaitinfo(2) over `signals` (which must be blocked); returns the
+/// signal number.
+pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+    // SAFETY: local sigset and siginfo out-parameter.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let ret = libc::sigwaitinfo(&set, &mut info);
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ret)
+    }
+}
+
+/// setrlimit(2) with a raw resource number.
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: valid pointer to a local rlimit.
+    let ret = unsafe { libc::setrlimit(resource as _, &lim) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn prctl(op: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(op, a, b, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// PR_CAPBSET_DROP for one capability.
+pub fn drop_bounding(cap: u32) -> io::Result<()> {
+    prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0)
+}
+
+/// PR_SET_KEEPCAPS.
+pub fn set_keepcaps(on: bool) -> io::Result<()> {
+    prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0)
+}
+
+/// PR_SET_NO_NEW_PRIVS.
+pub fn set_no_new_privs() -> io::Result<()> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
+}
+
+/// Clears the ambient set, then raises `caps` in it.
+pub fn set_ambient(caps: u64) -> io::Result<()> {
+    prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        0,
+    )?;
+    for cap in 0..64u32 {
+        if caps & (1 << cap) != 0 {
+            // SAFETY: prctl with integer arguments only.
+            let ret = unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// capset(2) for this thread (version 3, 64-bit sets).
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let mut hdr = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: effective as u32,
+            permitted: permitted as u32,
+            inheritable: inheritable as u32,
+        },
+        CapData {
+            effective: (effective >> 32) as u32,
+            permitted: (permitted >> 32) as u32,
+            inheritable: (inheritable >> 32) as u32,
+        },
+    ];
+    // SAFETY: header and a two-element data array as capset(2) expects for
+    // version 3.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs a classic BPF seccomp filter on this thread
+/// (`PR_SET_SECCOMP`, `SECCOMP_MODE_FILTER`); needs no_new_privs or
+/// CAP_SYS_ADMIN. Instructions are `(code, jt, jf, k)`.
+pub fn install_seccomp(prog: &[(u16, u8, u8, u32)]) -> io::Result<()> {
+    let filters: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: filters.len() as u16,
+        filter: filters.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `filters`, which outlives the call; the
+    // kernel copies the program.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Borrows a raw fd number this process owns for the duration of the call.
+///
+/// Used by berth-init for the fixed fd numbers it inherited.
+pub fn borrow_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: callers pass fds that stay open for the whole process (the
+    // inherited plan/error/status fds of berth-init).
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of an inherited raw fd.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: berth-init owns its inherited descriptors and takes each once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// execve(2) with prepared NUL-terminated strings (berth-init side,
+/// single-threaded, so allocation here is fine).
+pub fn execve(path: &CStr, argv: &[&CStr], envp: &[&CStr]) -> io::Error {
+    let mut a: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of pointers to live C strings.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// _exit(2): ends a forked child of berth-init without running the
+/// parent's atexit handlers or flushing its buffers a second time.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Registers an owned pidfd with tokio's reactor for readability (a pidfd
+/// polls readable once its process exits, pidfd_open(2)).
+pub fn async_pidfd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is an `OwnedFd` moved into the AsyncFd: it stays open and
+    // refers to the same description until the AsyncFd drops it, and its
+    // `as_raw_fd` never changes.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into())
+}

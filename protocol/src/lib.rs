@@ -44,4 +44,4 @@ pub use announce::{Announce, AnnounceBuilder, DecodeError, EncodeError, FieldErr
 /// `VerifyingKey` type.
 pub use ed25519_dalek;
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME};
-pub use message::Message;
+pub use message::{HandshakeError, Message};

@@ -9,12 +9,17 @@
 //! | 2 | `Ack` | gateway → device | the counter of the announce received |
 //!
 //! Like the announce, messages must be canonical; unknown kinds are refused.
+//!
+//! The gateway's side of the handshake is a few I/O-free helpers:
+//! [`hello_frame`] and [`ack_frame`] give the bytes to write,
+//! [`check_challenge`] and [`check_counter`] judge an announce received
+//! (after [`crate::announce::verify`] where the vendor's key is known).
 
 use minicbor::{Decoder, Encoder};
 
 use crate::announce::{Announce, AnnounceBuilder, DecodeError, EncodeError, MAX_ANNOUNCE};
 use crate::cbor::{CompareWriter, SliceWriter};
-use crate::frame::MAX_MESSAGE;
+use crate::frame::{encode_frame, max_encoded_len, FrameError, DELIMITER, MAX_MESSAGE};
 
 /// Message kinds, the first item of the array.
 pub mod kind {
@@ -129,11 +134,129 @@ pub fn encode_signed_announce(
     Ok(ANNOUNCE_HEADER.len() + builder.encode_signed(seed, rest)?)
 }
 
+/// Longest `Hello` or `Ack` message: array header, kind, 9-byte uint.
+const SMALL_MESSAGE_LEN: usize = 11;
+/// Longest output of [`hello_frame`].
+pub const HELLO_FRAME_LEN: usize = 1 + max_encoded_len(SMALL_MESSAGE_LEN);
+/// Longest output of [`ack_frame`].
+pub const ACK_FRAME_LEN: usize = max_encoded_len(SMALL_MESSAGE_LEN);
+
+/// Why an announce is not an acceptable answer to the gateway's `Hello`,
+/// or is a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("announce answers challenge {got:?}, the gateway sent {sent:#018x}")]
+    WrongChallenge { sent: u64, got: Option<u64> },
+    #[error(
+        "announce counter {counter} is not above {last}, the last one accepted from this device"
+    )]
+    Replayed { counter: u64, last: u64 },
+}
+
+/// The bytes a gateway writes to start the handshake: a delimiter (which
+/// flushes whatever partial frame the device holds) and the framed
+/// `Hello { nonce }`. [`HELLO_FRAME_LEN`] bytes always suffice.
+pub fn hello_frame(nonce: u64, out: &mut [u8]) -> Result<usize, FrameError> {
+    let mut msg = [0u8; SMALL_MESSAGE_LEN];
+    let n = Message::Hello { nonce }
+        .encode(&mut msg)
+        .map_err(|_| FrameError::BufferTooSmall {
+            need: SMALL_MESSAGE_LEN,
+            have: SMALL_MESSAGE_LEN,
+        })?;
+    let have = out.len();
+    let (first, rest) = out.split_first_mut().ok_or(FrameError::BufferTooSmall {
+        need: HELLO_FRAME_LEN,
+        have,
+    })?;
+    *first = DELIMITER;
+    Ok(1 + encode_frame(&msg[..n], rest)?)
+}
+
+/// The framed `Ack { counter }`. [`ACK_FRAME_LEN`] bytes always suffice.
+pub fn ack_frame(counter: u64, out: &mut [u8]) -> Result<usize, FrameError> {
+    let mut msg = [0u8; SMALL_MESSAGE_LEN];
+    let n = Message::Ack { counter }
+        .encode(&mut msg)
+        .map_err(|_| FrameError::BufferTooSmall {
+            need: SMALL_MESSAGE_LEN,
+            have: SMALL_MESSAGE_LEN,
+        })?;
+    encode_frame(&msg[..n], out)
+}
+
+/// Checks that `announce` answers the `Hello` whose nonce was `sent`.
+pub fn check_challenge(announce: &Announce<'_>, sent: u64) -> Result<(), HandshakeError> {
+    match announce.challenge {
+        Some(got) if got == sent => Ok(()),
+        got => Err(HandshakeError::WrongChallenge { sent, got }),
+    }
+}
+
+/// Checks that `counter` is above the last one accepted from the same
+/// vendor and serial (`None` when none was). Only meaningful once the
+/// announce's signature has been verified.
+pub fn check_counter(counter: u64, last_accepted: Option<u64>) -> Result<(), HandshakeError> {
+    match last_accepted {
+        Some(last) if counter <= last => Err(HandshakeError::Replayed { counter, last }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{FrameDecoder, MAX_FRAME};
 
     const SEED: [u8; 32] = [7; 32];
+
+    #[test]
+    fn gateway_helpers() {
+        assert_eq!((HELLO_FRAME_LEN, ACK_FRAME_LEN), (18, 17));
+        let mut out = [0u8; HELLO_FRAME_LEN];
+        let n = hello_frame(u64::MAX, &mut out).unwrap();
+        assert_eq!(out[0], 0);
+        let mut d = FrameDecoder::<MAX_FRAME>::new();
+        let mut got = false;
+        for &b in &out[..n] {
+            if let Some(r) = d.push(b) {
+                got = Message::decode(r.unwrap()).unwrap() == Message::Hello { nonce: u64::MAX };
+            }
+        }
+        assert!(got);
+        let mut ack = [0u8; ACK_FRAME_LEN];
+        let n = ack_frame(u64::MAX, &mut ack).unwrap();
+        let mut got = false;
+        for &b in &ack[..n] {
+            if let Some(r) = d.push(b) {
+                got = Message::decode(r.unwrap()).unwrap() == Message::Ack { counter: u64::MAX };
+            }
+        }
+        assert!(got);
+        assert!(hello_frame(1, &mut [0u8; 4]).is_err());
+
+        let a = AnnounceBuilder::new("acme", "M", "S", "1", "https://a.example", 10)
+            .challenge(5)
+            .sign(&SEED)
+            .unwrap();
+        assert_eq!(check_challenge(&a, 5), Ok(()));
+        assert_eq!(
+            check_challenge(&a, 6),
+            Err(HandshakeError::WrongChallenge {
+                sent: 6,
+                got: Some(5)
+            })
+        );
+        assert_eq!(check_counter(10, None), Ok(()));
+        assert_eq!(check_counter(10, Some(9)), Ok(()));
+        assert_eq!(
+            check_counter(10, Some(10)),
+            Err(HandshakeError::Replayed {
+                counter: 10,
+                last: 10
+            })
+        );
+    }
 
     #[test]
     fn hello_and_ack_round_trip() {

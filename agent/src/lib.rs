@@ -3,10 +3,12 @@
 //! - [`cli`]: the `berth` grammar and its value parsers;
 //! - [`jailcmd`]: `berth jail ...`, turning parsed options into a
 //!   `jail::JailSpec` and driving the `jail` runtime;
+//! - [`detect`]: `berth detect`, the detection sources' events printed;
 //! - [`error`]: the errors a command reports, each with its exit code.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod detect;
 pub mod error;
 pub mod jailcmd;
 pub mod net;

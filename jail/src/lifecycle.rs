@@ -818,6 +818,7 @@ fn spawn_init(init: &Path, ns_flags: u64, fds: ChildFds) -> Result<Spawned, Erro
         close_first: &close_first,
         fds: &map,
         err_fd: report_w.as_raw_fd(),
+        become_root: ns_flags & libc::CLONE_NEWUSER as u64 != 0,
     };
     let child =
         sys::clone_exec(ns_flags, &exec).map_err(Error::io(format!("clone {}", init.display())))?;

@@ -34,6 +34,10 @@ pub struct ChildExec<'a> {
     pub fds: &'a [(RawFd, RawFd)],
     /// Where the child writes errno (4 bytes) if it cannot exec.
     pub err_fd: RawFd,
+    /// New user namespace: after the parent wrote the id maps, switch to
+    /// uid/gid 0 of the namespace (the clone keeps the host ids, which the
+    /// maps do not cover) so that the exec'd init is root there.
+    pub become_root: bool,
 }
 
 /// Lowest number the parent moves child fds to before cloning.
@@ -141,6 +145,15 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
         let n = libc::read(exec.sync_read, &mut go as *mut u8 as *mut libc::c_void, 1);
         if n != 1 || go != b'g' {
             libc::_exit(126);
+        }
+        // Raw syscalls, not the libc wrappers: glibc's set*id broadcast to
+        // the parent's other threads, which do not exist in this child.
+        if exec.become_root
+            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
+                || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
+        {
+            child_fail(exec.err_fd);
         }
         for &(src, dst) in exec.fds {
             if libc::dup2(src, dst) < 0 {

@@ -207,3 +207,340 @@ fn mount_module_reboot_and_keyctl_are_refused() {
     });
     assert_no_leaks(&spec);
 }
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn fork_bomb_stops_at_pids_limit() {
+    let env = Env::new();
+    let mut opts = env.opts(&unique("pids"));
+    opts.pids_max = Some(16);
+    let script =
+        "i=0; while [ $i -lt 64 ]; do sleep 1000 & i=$((i+1)); done; echo spawned; sleep 1000";
+    let spec = JailSpec::from_oci(&oci_spec(&env.rootfs(), script), &opts).unwrap();
+    let log = env
+        .state_root()
+        .join(spec.name.as_str())
+        .join("console.log");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("can't fork")),
+            "{:?}",
+            std::fs::read_to_string(&log)
+        );
+        let st = j.stats().await.unwrap();
+        assert!(st.cgroup.pids_current <= 16, "{st:?}");
+        assert!(st.cgroup.pids_current >= 10, "{st:?}");
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert!(out.contains("fork"), "no fork failure reported: {out}");
+        // The host still forks.
+        assert!(std::process::Command::new("true")
+            .status()
+            .unwrap()
+            .success());
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn memory_hog_is_oom_killed_inside() {
+    let env = Env::new();
+    let mut opts = env.opts(&unique("oom"));
+    opts.memory_max = Some(16 << 20);
+    let script = "sh -c 'x=$(head -c 134217728 /dev/zero | tr \"\\0\" a); echo ${#x}'; echo rc=$?; sleep 1000";
+    let spec = JailSpec::from_oci(&oci_spec(&env.rootfs(), script), &opts).unwrap();
+    let log = env
+        .state_root()
+        .join(spec.name.as_str())
+        .join("console.log");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        assert!(
+            wait_until(Duration::from_secs(30), || std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("rc=")),
+            "{:?}",
+            std::fs::read_to_string(&log)
+        );
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert!(out.contains("rc=137"), "hog was not killed: {out}");
+        let st = j.stats().await.unwrap();
+        assert!(st.cgroup.oom_kills >= 1, "{st:?}");
+        // Init survived the OOM kill of the hog.
+        assert!(j.is_alive());
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn cpu_hog_is_held_to_quota() {
+    let env = Env::new();
+    let mut opts = env.opts(&unique("cpu"));
+    opts.cpus = Some(0.2);
+    let spec = JailSpec::from_oci(&oci_spec(&env.rootfs(), "while :; do :; done"), &opts).unwrap();
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let a = j.stats().await.unwrap().cgroup.cpu_usage_us;
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let b = j.stats().await.unwrap().cgroup.cpu_usage_us;
+        let wall = t.elapsed().as_micros() as u64;
+        let used = b - a;
+        // 20% of one CPU, with slack for period boundaries.
+        assert!(used <= wall * 30 / 100, "used {used} us of {wall} us");
+        assert!(
+            used >= wall * 10 / 100,
+            "hog did not run: {used} us of {wall} us"
+        );
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn overlay_writes_land_in_upper() {
+    let env = Env::new();
+    let upper = env.tmp.path().join("upper");
+    let work = env.tmp.path().join("work");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut opts = env.opts(&unique("ovl"));
+    opts.rootfs = Some(jail::RootfsOptions::Overlay {
+        lowers: vec![env.rootfs()],
+        upper: upper.clone(),
+        work: work.clone(),
+    });
+    let script = "echo new > /newfile && echo changed > /marker && rm /etc/group && cat /marker";
+    let spec = JailSpec::from_oci(&oci_spec(Path::new("/unused"), script), &opts).unwrap();
+    let log = env
+        .state_root()
+        .join(spec.name.as_str())
+        .join("console.log");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let r = j.wait().await.unwrap();
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!((r.code, out.as_str()), (0, "changed\n"));
+        j.delete().await.unwrap();
+    });
+    assert_eq!(
+        std::fs::read_to_string(upper.join("newfile")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("marker")).unwrap(),
+        "changed\n"
+    );
+    // Lower untouched; the deletion is a whiteout (char 0:0) in upper.
+    assert_eq!(
+        std::fs::read_to_string(env.rootfs().join("marker")).unwrap(),
+        "jail-marker"
+    );
+    assert!(env.rootfs().join("etc/group").exists());
+    assert!(!env.rootfs().join("newfile").exists());
+    use std::os::unix::fs::FileTypeExt;
+    let wo = std::fs::symlink_metadata(upper.join("etc/group")).unwrap();
+    assert!(wo.file_type().is_char_device());
+    // Work dir emptied by delete.
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn stop_kills_after_grace_when_term_is_ignored() {
+    let env = Env::new();
+    let spec = env.spec(&unique("stop"), "trap '' TERM; echo ready; sleep 1000");
+    let log = env
+        .state_root()
+        .join(spec.name.as_str())
+        .join("console.log");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ready")
+        }));
+        let t = Instant::now();
+        let r = j.stop(Duration::from_millis(1500)).await.unwrap();
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+        assert!(took < Duration::from_secs(6), "{took:?}");
+        assert_eq!(r.code, 137, "{r:?}");
+        assert!(!j.is_alive());
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn stop_is_quick_when_payload_honours_term() {
+    let env = Env::new();
+    let spec = env.spec(&unique("term"), "sleep 1000");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let r = j.stop(Duration::from_secs(10)).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3));
+        // TERM forwarded to the payload: init records 128 + 15.
+        assert_eq!(
+            r,
+            jail::ExitRecord {
+                code: 143,
+                signal: Some(15)
+            }
+        );
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn init_killed_from_outside_then_adopt_and_delete_cleans() {
+    let env = Env::new();
+    let spec = env.spec(&unique("kill"), "sleep 1000 & sleep 1000");
+    let state_root = env.state_root();
+    let name = spec.name.to_string();
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let pid = j.pid().unwrap();
+        // Another process (a restarted agent) adopts the running jail.
+        let a = Jail::adopt(&state_root, &name).await.unwrap();
+        assert!(a.is_alive());
+        assert_eq!(a.pid(), Some(pid));
+        let list = jail::list(&state_root).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].alive);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let r = j.wait().await.unwrap();
+        assert_eq!(r.code, 137);
+        drop(j);
+        let a = Jail::adopt(&state_root, &name).await.unwrap();
+        assert!(!a.is_alive());
+        assert_eq!(a.state().phase, jail::Phase::Stopped);
+        a.delete().await.unwrap();
+        // Idempotent: a second delete of a fresh handle finds nothing.
+        assert!(matches!(
+            Jail::adopt(&state_root, &name).await,
+            Err(jail::Error::NotFound(_))
+        ));
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn creator_killed_mid_create_is_recovered() {
+    let env = Env::new();
+    let name = unique("rec");
+    let spec = env.spec(&name, "sleep 1000");
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/create-jail");
+    if !example.is_file() {
+        panic!(
+            "precondition missing: {} (built by cargo test --features testing)",
+            example.display()
+        );
+    }
+    let mut child = std::process::Command::new(&example)
+        .args([
+            name.as_str(),
+            "acme",
+            env.state_root().to_str().unwrap(),
+            env.cgroup_parent.as_str(),
+            env.rootfs().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the creator as soon as it made the cgroup: mid-create.
+    let cg = testing::cgroup_dirs(&spec.cgroup_path);
+    let made = wait_until(Duration::from_secs(20), || cg.iter().any(|d| d.exists()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(made, "creator never reached the cgroup step");
+    let state_root = env.state_root();
+    let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
+    assert_eq!(removed, vec![name]);
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn user_namespace_maps_root_to_unprivileged_ids() {
+    let env = Env::new();
+    let mut opts = env.opts(&unique("userns"));
+    opts.user_ns = Some(jail::IdMap {
+        inside: 0,
+        outside: 100_000,
+        count: 65_536,
+    });
+    let spec = JailSpec::from_oci(&oci_spec(&env.rootfs(), "sleep 1000"), &opts).unwrap();
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let out = exec(&j, "id -u; id -g; cat /proc/self/uid_map").await;
+        let s = text(&out.stdout);
+        assert!(s.starts_with("0\n0\n"), "{s} {}", text(&out.stderr));
+        assert!(s.contains("100000"), "{s}");
+        // Seen from the host, init runs as 100000.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", j.pid().unwrap())).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid.split_whitespace().skip(1).all(|u| u == "100000"),
+            "{uid}"
+        );
+        // Root inside cannot write host-root-owned files of the rootfs.
+        let w = exec(&j, "echo x > /marker").await;
+        assert_ne!(w.code, 0);
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}

@@ -544,3 +544,155 @@ fn user_namespace_maps_root_to_unprivileged_ids() {
     });
     assert_no_leaks(&spec);
 }
+
+/// Removes a test nftables table on drop.
+struct FirewallGuard(netns::Firewall);
+
+impl Drop for FirewallGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn vendors_on_different_bridges_are_isolated() {
+    let mut env = Env::new();
+    let pid = std::process::id();
+    let octet = (pid % 200) as u8 + 20;
+    let mut nets = Vec::new();
+    for (i, v) in ["va", "vb"].iter().enumerate() {
+        let bridge = format!("bt{}{}", pid % 1_000_000, ["a", "b"][i]);
+        env.bridges.push(bridge.clone());
+        let gateway = std::net::Ipv4Addr::new(10, 213 + i as u8, octet, 1);
+        nets.push((
+            *v,
+            jail::NetOptions {
+                bridge,
+                gateway,
+                prefix_len: 24,
+                allocator_dir: env.tmp.path().join(format!("alloc-{v}")),
+            },
+        ));
+    }
+    let fw = FirewallGuard(netns::Firewall::new(&format!("berth_jt_{pid}")));
+    fw.0.apply(&netns::Policy {
+        bridges: nets
+            .iter()
+            .map(|(_, n)| netns::BridgePolicy {
+                bridge: n.bridge.clone(),
+                subnet: n.gateway,
+                prefix_len: n.prefix_len,
+                gateway: n.gateway,
+                host_ports: vec![],
+                allow_to: vec![],
+            })
+            .collect(),
+        uplink_masquerade: false,
+    })
+    .unwrap();
+    let mut specs = Vec::new();
+    for (vendor, n) in &nets {
+        let mut o = testing::options(
+            &unique("net"),
+            vendor,
+            &env.state_root(),
+            &env.cgroup_parent,
+        );
+        o.network = Some(n.clone());
+        specs.push(JailSpec::from_oci(&oci_spec(&env.rootfs(), "sleep 1000"), &o).unwrap());
+    }
+    let specs2 = specs.clone();
+    let gws: Vec<_> = nets.iter().map(|(_, n)| n.gateway).collect();
+    rt().block_on(async move {
+        let mut jails = Vec::new();
+        for s in specs2 {
+            let mut j = Jail::create(s).await.unwrap();
+            j.start().await.unwrap();
+            jails.push(j);
+        }
+        let addrs: Vec<_> = jails.iter().map(|j| j.address().unwrap()).collect();
+        for (i, j) in jails.iter().enumerate() {
+            let own = exec(j, &format!("ping -c1 -W2 {}", gws[i])).await;
+            assert_eq!(
+                own.code,
+                0,
+                "jail {i} cannot reach its gateway: {}{}",
+                text(&own.stdout),
+                text(&own.stderr)
+            );
+            let other = exec(j, &format!("ping -c1 -W2 {}", addrs[1 - i])).await;
+            assert_ne!(
+                other.code,
+                0,
+                "jail {i} reached the other vendor: {}",
+                text(&other.stdout)
+            );
+            let ip = exec(j, "ip -4 addr show eth0").await;
+            assert!(
+                text(&ip.stdout).contains(&addrs[i].to_string()),
+                "{}",
+                text(&ip.stdout)
+            );
+        }
+        for j in jails {
+            j.delete().await.unwrap();
+        }
+    });
+    for s in &specs {
+        assert_no_leaks(s);
+    }
+    drop(fw);
+    for b in &env.bridges {
+        testing::delete_link(b);
+        assert!(!testing::link_exists(b), "bridge {b} left behind");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn payload_is_confined_and_spec_seccomp_is_honoured() {
+    let env = Env::new();
+    let mut oci = oci_spec(&env.rootfs(), "sleep 1000");
+    let linux: oci_spec::runtime::Linux = serde_json::from_value(serde_json::json!({
+        "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ]}
+    }))
+    .unwrap();
+    oci.set_linux(Some(linux));
+    let spec = JailSpec::from_oci(&oci, &env.opts(&unique("conf"))).unwrap();
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let st = exec(
+            &j,
+            "grep -E '^(Seccomp|NoNewPrivs|CapEff|CapBnd):' /proc/self/status",
+        )
+        .await;
+        let s = text(&st.stdout);
+        // Two filters (baseline + spec), no_new_privs, the default 14 caps.
+        assert!(s.contains("Seccomp:\t2"), "{s}");
+        assert!(s.contains("NoNewPrivs:\t1"), "{s}");
+        let want = format!("CapEff:\t{:016x}", jail::caps::default_mask());
+        assert!(s.contains(&want), "{s} / {want}");
+        let m = exec(&j, "mkdir /tmp/x").await;
+        assert_ne!(m.code, 0);
+        assert!(
+            text(&m.stderr).contains("Permission denied"),
+            "{}",
+            text(&m.stderr)
+        );
+        // /proc/keys is masked (bind of /dev/null), /proc/sys read-only.
+        let k = exec(
+            &j,
+            "stat -c %t:%T /proc/keys; echo 1 > /proc/sys/kernel/domainname",
+        )
+        .await;
+        assert!(text(&k.stdout).trim() == "1:3", "{}", text(&k.stdout));
+        assert!(text(&k.stderr).contains("Read-only"), "{}", text(&k.stderr));
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}

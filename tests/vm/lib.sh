@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/vm/setup, tests/vm/run and tests/vm/selftest (sourced, bash).
 #
 # Where the cache lives, how to report, and the one file that tells `run`
@@ -12,6 +13,7 @@ elif [ -n "${XDG_CACHE_HOME:-}" ]; then
 else
 	CACHE=/var/cache/berth-vm
 fi
+# shellcheck disable=SC2034 # used by the scripts that source this
 VM_ENV=$CACHE/vm.env
 
 say() { printf 'berth-vm: %s\n' "$*" >&2; }

@@ -100,6 +100,9 @@ pub const BASELINE: &[Refusal] = &[
     always("clock_settime"),
     always("clock_adjtime"),
     always("adjtimex"),
+    // The 64-bit time variants of 32-bit architectures (ARMv7).
+    always("clock_settime64"),
+    always("clock_adjtime64"),
     // Swap is a host-wide resource.
     always("swapon"),
     always("swapoff"),
@@ -121,7 +124,19 @@ pub const BASELINE: &[Refusal] = &[
     },
 ];
 
-/// The architectures Berth compiles filters for.
+/// The architectures Berth builds filters for: those of seccompiler plus
+/// 32-bit ARM (the ARMv7 gateways), whose baseline Berth emits itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// x86_64 (seccompiler).
+    X86_64,
+    /// aarch64 (seccompiler).
+    Aarch64,
+    /// 32-bit ARM EABI (own emitter, baseline only).
+    Arm,
+}
+
+/// Name of a seccompiler architecture.
 pub fn arch_name(arch: TargetArch) -> &'static str {
     match arch {
         TargetArch::x86_64 => "x86_64",
@@ -131,11 +146,13 @@ pub fn arch_name(arch: TargetArch) -> &'static str {
 }
 
 /// The architecture this binary runs on, if Berth has tables for it.
-pub fn native_arch() -> Option<TargetArch> {
+pub fn native_arch() -> Option<Arch> {
     if cfg!(target_arch = "x86_64") {
-        Some(TargetArch::x86_64)
+        Some(Arch::X86_64)
     } else if cfg!(target_arch = "aarch64") {
-        Some(TargetArch::aarch64)
+        Some(Arch::Aarch64)
+    } else if cfg!(target_arch = "arm") {
+        Some(Arch::Arm)
     } else {
         None
     }
@@ -296,15 +313,77 @@ pub fn compile_spec(spec: &SeccompSpec, arch: TargetArch) -> Result<Program, Sec
 }
 
 /// Every program to install for `spec` on `arch`, baseline first.
-pub fn programs(
-    spec: Option<&SeccompSpec>,
-    arch: TargetArch,
-) -> Result<Vec<Program>, SeccompError> {
-    let mut out = vec![baseline(arch)?];
+pub fn programs(spec: Option<&SeccompSpec>, arch: Arch) -> Result<Vec<Program>, SeccompError> {
+    let target = match arch {
+        Arch::X86_64 => TargetArch::x86_64,
+        Arch::Aarch64 => TargetArch::aarch64,
+        Arch::Arm => {
+            if spec.is_some() {
+                return Err(SeccompError::Compile(
+                    "linux.seccomp profiles are not supported on 32-bit ARM (only the Berth baseline is)".into(),
+                ));
+            }
+            return Ok(vec![arm_baseline()]);
+        }
+    };
+    let mut out = vec![baseline(target)?];
     if let Some(s) = spec {
-        out.push(compile_spec(s, arch)?);
+        out.push(compile_spec(s, target)?);
     }
     Ok(out)
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_AND_K: u16 = 0x54;
+const BPF_RET_K: u16 = 0x06;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+/// `EM_ARM | __AUDIT_ARCH_LE` (linux/audit.h).
+pub const AUDIT_ARCH_ARM: u32 = 40 | 0x4000_0000;
+
+/// The baseline for 32-bit ARM as classic BPF, emitted here because
+/// seccompiler has no ARMv7 backend: check the architecture (kill on
+/// mismatch), then one `jeq` per refused number, with an argument flag
+/// test for the conditional entries. seccomp_data is `{nr, arch, ip,
+/// args[6]}` (seccomp(2)); a 32-bit argument sits in the low word of its
+/// 64-bit slot, which comes first on little-endian ARM.
+pub fn arm_baseline() -> Program {
+    let deny = RET_ERRNO | libc::EPERM as u32;
+    let mut p: Program = vec![
+        (BPF_LD_W_ABS, 0, 0, 4), // arch
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH_ARM),
+        (BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        (BPF_LD_W_ABS, 0, 0, 0), // nr
+    ];
+    for r in BASELINE {
+        let Some(nr) = syscalls::ARM
+            .iter()
+            .find(|(n, _)| *n == r.name)
+            .map(|&(_, v)| v as u32)
+        else {
+            continue;
+        };
+        match r.when_flags {
+            None => {
+                p.push((BPF_JEQ_K, 0, 1, nr));
+                p.push((BPF_RET_K, 0, 0, deny));
+            }
+            Some((arg, mask)) => {
+                // nr matches: test the flags, and answer either way (no
+                // other rule concerns this number).
+                p.push((BPF_JEQ_K, 0, 5, nr));
+                p.push((BPF_LD_W_ABS, 0, 0, 16 + 8 * u32::from(arg)));
+                p.push((BPF_AND_K, 0, 0, mask as u32));
+                p.push((BPF_JEQ_K, 0, 1, mask as u32));
+                p.push((BPF_RET_K, 0, 0, deny));
+                p.push((BPF_RET_K, 0, 0, RET_ALLOW));
+            }
+        }
+    }
+    p.push((BPF_RET_K, 0, 0, RET_ALLOW));
+    p
 }
 
 #[cfg(test)]
@@ -323,10 +402,145 @@ mod tests {
     }
 
     #[test]
-    fn every_baseline_name_is_known_on_x86_64() {
+    fn every_baseline_name_is_known_somewhere() {
         for r in BASELINE {
-            assert!(number(TargetArch::x86_64, r.name).is_some(), "{}", r.name);
+            let arm = syscalls::ARM.iter().any(|(n, _)| *n == r.name);
+            assert!(arm, "{} missing from the ARM table", r.name);
+            if !r.name.ends_with("64") {
+                assert!(number(TargetArch::x86_64, r.name).is_some(), "{}", r.name);
+            }
         }
+    }
+
+    /// A classic-BPF interpreter for the instructions seccomp filters use,
+    /// so tests check what a program answers, not how it looks.
+    fn run(p: &[Insn], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let mut data = Vec::new();
+        data.extend_from_slice(&nr.to_le_bytes());
+        data.extend_from_slice(&arch.to_le_bytes());
+        data.extend_from_slice(&0u64.to_le_bytes());
+        for a in args {
+            data.extend_from_slice(&a.to_le_bytes());
+        }
+        let word =
+            |k: u32| u32::from_le_bytes(data[k as usize..k as usize + 4].try_into().unwrap());
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let mut mem = [0u32; 16];
+        loop {
+            let (code, jt, jf, k) = p[pc];
+            pc += 1;
+            let src = if code & 0x08 != 0 { x } else { k };
+            match code & 0x07 {
+                0x00 => match code & 0xe0 {
+                    0x20 => a = word(k),
+                    0x00 => a = k,
+                    0x60 => a = mem[k as usize],
+                    _ => panic!("ld {code:#x}"),
+                },
+                0x01 => match code & 0xe0 {
+                    0x00 => x = k,
+                    0x60 => x = mem[k as usize],
+                    _ => panic!("ldx {code:#x}"),
+                },
+                0x02 => mem[k as usize] = a,
+                0x03 => mem[k as usize] = x,
+                0x04 => {
+                    a = match code & 0xf0 {
+                        0x00 => a.wrapping_add(src),
+                        0x10 => a.wrapping_sub(src),
+                        0x40 => a | src,
+                        0x50 => a & src,
+                        0x60 => a << src,
+                        0x70 => a >> src,
+                        _ => panic!("alu {code:#x}"),
+                    }
+                }
+                0x05 => {
+                    let take = match code & 0xf0 {
+                        0x00 => {
+                            pc += k as usize;
+                            continue;
+                        }
+                        0x10 => a == src,
+                        0x20 => a > src,
+                        0x30 => a >= src,
+                        0x40 => a & src != 0,
+                        _ => panic!("jmp {code:#x}"),
+                    };
+                    pc += if take { jt as usize } else { jf as usize };
+                }
+                0x06 => return k,
+                0x07 => {
+                    if code & 0xf8 == 0 {
+                        x = a
+                    } else {
+                        a = x
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    const EPERM: u32 = RET_ERRNO | 1;
+
+    #[test]
+    fn baseline_answers_as_documented_on_every_arch() {
+        let newuser = libc::CLONE_NEWUSER as u64;
+        let newns = libc::CLONE_NEWNS as u64;
+        type Numbers = Box<dyn Fn(&str) -> u32>;
+        let cases: Vec<(Program, u32, Numbers)> = vec![
+            (
+                baseline(TargetArch::x86_64).unwrap(),
+                62 | 0x8000_0000 | 0x4000_0000,
+                Box::new(|n| number(TargetArch::x86_64, n).unwrap() as u32),
+            ),
+            (
+                baseline(TargetArch::aarch64).unwrap(),
+                183 | 0x8000_0000 | 0x4000_0000,
+                Box::new(|n| number(TargetArch::aarch64, n).unwrap() as u32),
+            ),
+            (
+                arm_baseline(),
+                AUDIT_ARCH_ARM,
+                Box::new(|n| {
+                    syscalls::ARM
+                        .iter()
+                        .find(|(m, _)| *m == n)
+                        .map(|&(_, v)| v as u32)
+                        .unwrap_or(3)
+                }),
+            ),
+        ];
+        for (p, audit, nr) in &cases {
+            for name in ["reboot", "mount", "keyctl", "bpf", "init_module", "ptrace"] {
+                assert_eq!(run(p, nr(name), *audit, [0; 6]), EPERM, "{name}");
+            }
+            // An ordinary syscall (ARM: read is 3).
+            let read = if *audit == AUDIT_ARCH_ARM {
+                3
+            } else {
+                nr("read")
+            };
+            assert_eq!(run(p, read, *audit, [0; 6]), RET_ALLOW);
+            // unshare: new user namespaces refused, others allowed.
+            assert_eq!(
+                run(p, nr("unshare"), *audit, [newuser, 0, 0, 0, 0, 0]),
+                EPERM
+            );
+            assert_eq!(
+                run(p, nr("unshare"), *audit, [newns, 0, 0, 0, 0, 0]),
+                RET_ALLOW
+            );
+            assert_eq!(run(p, nr("setns"), *audit, [3, newuser, 0, 0, 0, 0]), EPERM);
+            // Another architecture's calling convention is killed.
+            assert_eq!(run(p, read, 0x1234, [0; 6]), RET_KILL_PROCESS);
+        }
+        // x32 numbers are killed on x86_64.
+        assert_eq!(
+            run(&cases[0].0, 0x4000_0000 | 169, cases[0].1, [0; 6]),
+            RET_KILL_PROCESS
+        );
     }
 
     #[test]
@@ -353,10 +567,13 @@ mod tests {
                 },
             ],
         };
-        for arch in [TargetArch::x86_64, TargetArch::aarch64] {
+        for arch in [Arch::X86_64, Arch::Aarch64] {
             let all = programs(Some(&s), arch).unwrap();
             assert_eq!(all.len(), 2);
         }
+        // ARMv7 takes the baseline only and refuses a profile it cannot compile.
+        assert_eq!(programs(None, Arch::Arm).unwrap(), vec![arm_baseline()]);
+        assert!(programs(Some(&s), Arch::Arm).is_err());
         let bad = SeccompSpec {
             rules: vec![crate::spec::SyscallRuleSpec {
                 names: vec!["read".into()],

@@ -679,3 +679,46 @@ pub static AARCH64: &[(&str, i64)] = &[
     ("futex_waitv", 449),
     ("set_mempolicy_home_node", 450),
 ];
+
+/// System call numbers for 32-bit ARM (EABI), from the kernel's
+/// `arch/arm/tools/syscall.tbl`: only the names the baseline refuses
+/// (seccompiler has no ARMv7 backend, so [`super::arm_baseline`] emits
+/// that filter itself and needs nothing else).
+pub static ARM: &[(&str, i64)] = &[
+    ("ptrace", 26),
+    ("mount", 21),
+    ("acct", 51),
+    ("umount2", 52),
+    ("settimeofday", 79),
+    ("swapon", 87),
+    ("reboot", 88),
+    ("swapoff", 115),
+    ("clone", 120),
+    ("adjtimex", 124),
+    ("init_module", 128),
+    ("delete_module", 129),
+    ("pivot_root", 218),
+    ("clock_settime", 262),
+    ("add_key", 309),
+    ("request_key", 310),
+    ("keyctl", 311),
+    ("unshare", 337),
+    ("kexec_load", 347),
+    ("perf_event_open", 364),
+    ("clock_adjtime", 372),
+    ("setns", 375),
+    ("process_vm_readv", 376),
+    ("process_vm_writev", 377),
+    ("finit_module", 379),
+    ("bpf", 386),
+    ("kexec_file_load", 401),
+    ("clock_settime64", 404),
+    ("clock_adjtime64", 405),
+    ("open_tree", 428),
+    ("move_mount", 429),
+    ("fsopen", 430),
+    ("fsconfig", 431),
+    ("fsmount", 432),
+    ("fspick", 433),
+    ("mount_setattr", 442),
+];

@@ -2,7 +2,7 @@
 //!
 //! A device publishes its announce to `berth/announce/<vendor>/<serial>`
 //! (QoS 1, not retained). The payload is either the CBOR announce map or
-//! its JSON form (see [`crate::announce::to_json`]); a JSON payload starts
+//! its JSON form (see `announce::to_json`, feature `std`); a JSON payload starts
 //! with `{` (after optional whitespace), which no CBOR map does. A gateway
 //! subscribes to `berth/announce/+/+` and refuses an announce whose vendor
 //! and serial differ from the topic's.

@@ -16,7 +16,7 @@
 //! the vendor's key) checks with [`verify`].
 //!
 //! Submodule `json` (feature `std`) holds the JSON form used over MQTT and
-//! the owned [`OwnedAnnounce`].
+//! the owned `OwnedAnnounce`.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use minicbor::encode::Write;

@@ -143,8 +143,12 @@ cross_arm_std_prebuilt() {
         cross_log "apt-get download $want failed (version missing from the armhf index above); see $log"
         return 1
     fi
-    local deb
-    deb="$(ls "$BERTH_CROSS_CACHE/debs/${RUST_DEB_STD_PKG}_"*"_armhf.deb" | head -n1)"
+    local debs=("$BERTH_CROSS_CACHE/debs/${RUST_DEB_STD_PKG}_${RUST_DEB_VERSION//:/%3a}_armhf.deb")
+    local deb="${debs[0]}"
+    [ -f "$deb" ] || {
+        cross_log "apt-get download left no $deb"
+        return 1
+    }
     local tmp="$sysroot.tmp"
     rm -rf "$tmp"
     mkdir -p "$tmp/lib/rustlib"
@@ -200,7 +204,7 @@ cross_arm_std() {
         cross_die "/usr/lib/rustlib/src/rust/library is missing; reinstall $RUST_DEB_SRC_PKG"
     export RUSTC_BOOTSTRAP=1
     unset CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS
-    ARM_CARGO_ARGS=(-Z build-std=std,panic_abort)
+    ARM_CARGO_ARGS=(-Z "build-std=std,panic_abort")
     cross_log "armv7 std: built from $RUST_DEB_SRC_PKG $RUST_DEB_VERSION (-Z build-std)"
 }
 

@@ -396,6 +396,9 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
     step(unshare(CloneFlags::CLONE_NEWCGROUP), || {
         "unshare cgroup namespace".into()
     })?;
+    // The jail's own network namespace: loopback up (a networked jail's
+    // veth was configured by the parent before it let init go).
+    step(sys::loopback_up(), || "bring up lo".into())?;
     // Nothing we mount may propagate back to the host.
     mnt(
         None,

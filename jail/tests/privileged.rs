@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use jail::testing::{self, assert_no_leaks, busybox_rootfs, oci_spec, unique};
 use jail::{ExecOptions, Jail, JailOptions, JailSpec};
 
-const PRIV: &str = "privileged: needs root";
-
 /// Per-test environment: temp dir with a busybox rootfs, a state root and
 /// a cgroup parent of its own; removed on drop, also when the test fails.
 struct Env {
@@ -100,11 +98,11 @@ fn text(b: &[u8]) -> String {
 #[test]
 #[ignore = "privileged: needs root"]
 fn runs_payload_in_own_root_and_pid_namespace() {
-    let _ = PRIV;
     let env = Env::new();
     let spec = env.spec(
         &unique("basic"),
-        "cat /marker; echo; echo pid=$$; ls /proc | grep -c '^[0-9]'",
+        "cat /marker; echo; echo pid=$$; ls /proc | grep -c '^[0-9]'; \
+         ping -c1 -W2 127.0.0.1 >/dev/null && echo lo-up; ls /sys/class/net",
     );
     let log = env
         .state_root()
@@ -119,8 +117,10 @@ fn runs_payload_in_own_root_and_pid_namespace() {
         assert_eq!(r.code, 0, "{out}");
         // Own rootfs, PID 2 (init is 1), and only init + sh (+ ls, grep) in /proc.
         assert!(out.starts_with("jail-marker\npid=2\n"), "{out}");
-        let n: u32 = out.lines().last().unwrap().trim().parse().unwrap();
+        let n: u32 = out.lines().nth(2).unwrap().trim().parse().unwrap();
         assert!(n <= 4, "too many processes visible: {out}");
+        // Own network namespace: loopback only, and up.
+        assert!(out.ends_with("lo-up\nlo\n"), "{out}");
         j.delete().await.unwrap();
     });
     assert_no_leaks(&spec);

@@ -15,7 +15,44 @@
 //! - `lifecycle`: [`Jail`] and the free functions [`list`], [`run`] and
 //!   [`recover`];
 //! - [`name`]: names and derived kernel object names;
-//! - `sys`: every `unsafe` system call of the crate.
+//! - `sys`: every `unsafe` system call of the crate;
+//! - `testing` (feature `testing`): busybox rootfs builder and leak checks
+//!   for privileged tests.
+//!
+//! Process model: [`Jail::create`] clones `berth-init` (the `berth-init`
+//! binary of this crate; found through [`JailOptions::init_path`], beside
+//! the current executable, or `$BERTH_INIT`) into new pid, mount, uts, ipc
+//! and net namespaces (plus a user namespace when asked). Init sets the
+//! jail up and waits on a FIFO until [`Jail::start`]; it then stays PID 1,
+//! forwards signals to the payload, reaps zombies and records the payload's
+//! exit in the jail's state directory. The caller only keeps a pidfd;
+//! [`Jail::adopt`] gets it back after a restart and [`recover`] removes
+//! what a crashed creator left.
+//!
+//! The API is async (tokio); every blocking step runs in `spawn_blocking`.
+//!
+//! ```no_run
+//! # async fn demo(oci: oci_spec::runtime::Spec) -> Result<(), jail::Error> {
+//! use std::time::Duration;
+//! let opts = jail::JailOptions {
+//!     name: "meter-1".into(),
+//!     vendor: "acme".into(),
+//!     memory_max: Some(64 << 20),
+//!     pids_max: Some(64),
+//!     cpus: Some(0.5),
+//!     ..Default::default()
+//! };
+//! let spec = jail::JailSpec::from_oci(&oci, &opts)?;
+//! let mut j = jail::Jail::create(spec).await?;
+//! j.start().await?;
+//! let out = j.exec(jail::ExecOptions::new(["/bin/sh", "-c", "hostname"])).await?;
+//! assert_eq!(out.code, 0);
+//! let stats = j.stats().await?;
+//! println!("{} bytes", stats.cgroup.memory_current);
+//! j.stop(Duration::from_secs(10)).await?;
+//! j.delete().await?;
+//! # Ok(()) }
+//! ```
 
 pub mod caps;
 mod error;

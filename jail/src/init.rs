@@ -88,6 +88,14 @@ fn read_plan() -> Result<InitPlan, StepError> {
 
 fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
     let status = fs::File::from(sys::own_fd(FD_EXTRA));
+    // The payload must not inherit (and forge) its own exit record.
+    if let Err(e) = nix::fcntl::fcntl(
+        &status,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    ) {
+        let _ = writeln!(report, "error close-on-exec status fd: {e}");
+        return 125;
+    }
     let fifo = match setup(&plan) {
         Ok(f) => f,
         Err(e) => {

@@ -102,7 +102,7 @@ fn runs_payload_in_own_root_and_pid_namespace() {
     let spec = env.spec(
         &unique("basic"),
         "cat /marker; echo; echo pid=$$; ls /proc | grep -c '^[0-9]'; \
-         ping -c1 -W2 127.0.0.1 >/dev/null && echo lo-up; ls /sys/class/net",
+         ping -c1 -W2 127.0.0.1 >/dev/null && echo lo-up; ls /sys/class/net; ls /proc/self/fd | tr '\\n' ' '",
     );
     let log = env
         .state_root()
@@ -119,8 +119,9 @@ fn runs_payload_in_own_root_and_pid_namespace() {
         assert!(out.starts_with("jail-marker\npid=2\n"), "{out}");
         let n: u32 = out.lines().nth(2).unwrap().trim().parse().unwrap();
         assert!(n <= 4, "too many processes visible: {out}");
-        // Own network namespace: loopback only, and up.
-        assert!(out.ends_with("lo-up\nlo\n"), "{out}");
+        // Own network namespace: loopback only, and up; and the payload
+        // inherited stdio only (ls itself holds fd 3).
+        assert!(out.ends_with("lo-up\nlo\n0 1 2 3 "), "{out}");
         j.delete().await.unwrap();
     });
     assert_no_leaks(&spec);

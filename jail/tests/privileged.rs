@@ -697,3 +697,58 @@ fn payload_is_confined_and_spec_seccomp_is_honoured() {
     });
     assert_no_leaks(&spec);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn failed_setup_reports_the_step_and_leaves_nothing() {
+    let env = Env::new();
+    let upper = env.tmp.path().join("upper");
+    let work = env.tmp.path().join("work");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut opts = env.opts(&unique("fail"));
+    opts.rootfs = Some(jail::RootfsOptions::Overlay {
+        lowers: vec![env.tmp.path().join("no-such-layer")],
+        upper,
+        work,
+    });
+    let spec = JailSpec::from_oci(&oci_spec(Path::new("/unused"), "true"), &opts).unwrap();
+    let root = env.state_root().join(spec.name.as_str()).join("root");
+    let spec2 = spec.clone();
+    let err = rt().block_on(async move { Jail::create(spec2).await.unwrap_err() });
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "setup failed: mount overlay on {}: ENOENT",
+            root.display()
+        )),
+        "{msg}"
+    );
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn run_is_create_start_wait_delete() {
+    let env = Env::new();
+    let spec = env.spec(&unique("run"), "exit 3");
+    let r = rt().block_on(jail::run(spec.clone())).unwrap();
+    assert_eq!(
+        r,
+        jail::ExitRecord {
+            code: 3,
+            signal: None
+        }
+    );
+    assert_no_leaks(&spec);
+    // A name in use is refused while the first jail exists.
+    let spec2 = env.spec(&unique("dup"), "sleep 1000");
+    let s = spec2.clone();
+    rt().block_on(async move {
+        let j = Jail::create(s.clone()).await.unwrap();
+        let e = Jail::create(s).await.unwrap_err();
+        assert_eq!(e.to_string(), format!("jail {} already exists", j.name()));
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec2);
+}

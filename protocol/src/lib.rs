@@ -36,6 +36,8 @@ mod cbor;
 pub mod frame;
 pub mod message;
 pub mod mqtt;
+#[cfg(feature = "std")]
+pub mod provision;
 
 #[cfg(feature = "std")]
 pub use announce::OwnedAnnounce;

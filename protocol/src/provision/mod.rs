@@ -1,0 +1,329 @@
+//! Provisioning messages between a gateway and a vendor server (feature
+//! `std`): what the gateway asks, the plan the vendor signs, and what the
+//! gateway reports back. `docs/provisioning.md` is the specification; this
+//! module is its reference.
+//!
+//! Every message is one canonical CBOR map with small integer keys, as the
+//! announce is: definite lengths, shortest integers, keys ascending, no
+//! unknown keys (every key is critical in format 1), every field within its
+//! bound, and a size limit checked before parsing. Decoders prove the input
+//! canonical by re-encoding what they decoded and comparing, so one message
+//! has exactly one encoding.
+//!
+//! Layout:
+//! - [`request`]: [`ProvisionRequest`], sent by the gateway in
+//!   `POST /v1/provision`: the device's announce as received, the device
+//!   identity the gateway decoded from it, the gateway's identity and
+//!   capabilities, and the vendor's jails already on the gateway.
+//! - [`plan`]: [`Plan`], what the vendor wants on the gateway: the jail
+//!   (resources, network, device passthrough, volumes), the apps (OCI images
+//!   pinned by digest, command, environment, mounts) and the checks that
+//!   validate them.
+//! - [`signed`]: plans travel as COSE_Sign1 (RFC 9052) signed with the
+//!   vendor's Ed25519 key: [`SignedPlan::sign`], [`verify_plan`], and
+//!   [`PlanVersionGuard`], which refuses replayed older versions.
+//! - [`report`]: [`Report`], sent by the gateway in `POST /v1/reports` after
+//!   each build, delivery and validation.
+
+use std::format;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use minicbor::{Decode, Encode};
+
+pub mod plan;
+pub mod report;
+pub mod request;
+pub mod signed;
+
+pub use plan::{
+    App, Check, CheckKind, DevicePassthrough, HostPort, ImageRef, JailMode, JailPlan, Mount,
+    NetworkPolicy, Plan, PortProtocol, Resources, Volume,
+};
+pub use report::{CheckResult, JailState, Report};
+pub use request::{
+    CgroupLayout, DeviceIdentity, ExistingJail, GatewayCapabilities, GatewayIdentity,
+    ProvisionRequest,
+};
+pub use signed::{
+    key_id, peek_kid, verify_plan, Freshness, PlanError, PlanVersionGuard, SignedPlan,
+};
+
+/// The provisioning format version this crate speaks. Every message carries
+/// it under key 0; a decoder refuses any other value.
+pub const FORMAT: u32 = 1;
+
+/// Content type of request and report bodies.
+pub const CBOR_CONTENT_TYPE: &str = "application/cbor";
+/// Content type of a signed plan.
+pub const COSE_CONTENT_TYPE: &str = "application/cose; cose-type=\"cose-sign1\"";
+
+/// A value that breaks the format's rules. `field` is a path into the
+/// message, such as `apps[1].image`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}` {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Why bytes are not a valid provisioning message.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("invalid cbor in {what}")]
+    Cbor {
+        what: &'static str,
+        #[source]
+        source: minicbor::decode::Error,
+    },
+    #[error("{what} is not in canonical form (or has unknown or repeated keys) at byte {at}")]
+    NonCanonical { what: &'static str, at: usize },
+    #[error("{what} has format {format}, this decoder speaks {FORMAT}")]
+    UnsupportedFormat { what: &'static str, format: u32 },
+    #[error("invalid {what}: {source}")]
+    Invalid {
+        what: &'static str,
+        #[source]
+        source: Invalid,
+    },
+}
+
+/// A message type with a canonical CBOR form and bounds.
+pub trait CborMessage: Encode<()> + for<'b> Decode<'b, ()> + Sized {
+    /// Name used in errors.
+    const WHAT: &'static str;
+    /// Largest encoding accepted or produced, in bytes.
+    const MAX: usize;
+    /// The format version the value carries.
+    fn format(&self) -> u32;
+    /// Checks every field against its rule.
+    fn validate(&self) -> Result<(), Invalid>;
+
+    /// Validates and encodes canonically.
+    fn to_cbor(&self) -> Result<Vec<u8>, MessageError> {
+        self.validate().map_err(|source| MessageError::Invalid {
+            what: Self::WHAT,
+            source,
+        })?;
+        let bytes = encode_unchecked(self);
+        if bytes.len() > Self::MAX {
+            return Err(MessageError::TooLarge {
+                what: Self::WHAT,
+                len: bytes.len(),
+                max: Self::MAX,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes one canonical message that fills `buf` exactly, checking
+    /// its size before parsing and every field after.
+    fn from_cbor(buf: &[u8]) -> Result<Self, MessageError> {
+        decode_canonical::<Self>(buf)
+    }
+}
+
+fn encode_unchecked<T: Encode<()>>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail and the derived encoders return no
+    // errors of their own, so there is nothing to report here.
+    let _ = minicbor::encode(v, &mut out);
+    out
+}
+
+fn decode_canonical<T: CborMessage>(buf: &[u8]) -> Result<T, MessageError> {
+    let what = T::WHAT;
+    if buf.len() > T::MAX {
+        return Err(MessageError::TooLarge {
+            what,
+            len: buf.len(),
+            max: T::MAX,
+        });
+    }
+    let mut d = minicbor::Decoder::new(buf);
+    let v: T = d
+        .decode()
+        .map_err(|source| MessageError::Cbor { what, source })?;
+    if v.format() != FORMAT {
+        return Err(MessageError::UnsupportedFormat {
+            what,
+            format: v.format(),
+        });
+    }
+    // Canonical means: encoding what was decoded gives the input back. This
+    // also refuses unknown keys (the derived decoder skips them), repeated
+    // keys and trailing bytes.
+    let again = encode_unchecked(&v);
+    if again != buf {
+        let at = again
+            .iter()
+            .zip(buf)
+            .position(|(a, b)| a != b)
+            .unwrap_or(again.len().min(buf.len()));
+        return Err(MessageError::NonCanonical { what, at });
+    }
+    v.validate()
+        .map_err(|source| MessageError::Invalid { what, source })?;
+    Ok(v)
+}
+
+// ---- field rules shared by the messages ----
+
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Longest name of a jail, app, volume or architecture.
+pub const MAX_NAME: usize = 32;
+/// Longest plan id.
+pub const MAX_PLAN_ID: usize = 64;
+/// Longest path (mount target, file check, HTTP path).
+pub const MAX_PATH: usize = 255;
+
+pub(crate) fn check_len(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return Err(invalid(field, "is empty"));
+    }
+    if s.len() > max {
+        return Err(invalid(
+            field,
+            format!("is {} bytes long, the limit is {max}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_bytes(field: &str, s: &str, max: usize, ok: impl Fn(u8) -> bool) -> Result<(), Invalid> {
+    check_len(field, s, max)?;
+    match s.bytes().position(|b| !ok(b)) {
+        Some(at) => Err(invalid(
+            field,
+            format!("has a character not allowed there at byte {at}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A short name: `[a-z0-9][a-z0-9._-]*`, at most [`MAX_NAME`] bytes. Jail,
+/// app and volume names become file and cgroup names on the gateway.
+pub(crate) fn check_name(field: &str, s: &str) -> Result<(), Invalid> {
+    check_bytes(field, s, MAX_NAME, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+    })?;
+    if !s.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(invalid(field, "must start with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// A plan id: `[A-Za-z0-9._-]+`, at most [`MAX_PLAN_ID`] bytes, not `.` or
+/// `..`; it is a URL path segment.
+pub(crate) fn check_plan_id(field: &str, s: &str) -> Result<(), Invalid> {
+    check_bytes(field, s, MAX_PLAN_ID, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+    })?;
+    if s == "." || s == ".." {
+        return Err(invalid(field, "may not be `.` or `..`"));
+    }
+    Ok(())
+}
+
+/// Free text shown to people (errors, check output): UTF-8 without NUL, at
+/// most `max` bytes, may be empty.
+pub(crate) fn check_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.len() > max {
+        return Err(invalid(
+            field,
+            format!("is {} bytes long, the limit is {max}", s.len()),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// An absolute, normalised path: starts with `/`, no empty, `.` or `..`
+/// components, no NUL, at most [`MAX_PATH`] bytes; `/` alone is refused.
+pub(crate) fn check_abs_path(field: &str, s: &str) -> Result<(), Invalid> {
+    check_len(field, s, MAX_PATH)?;
+    let Some(rest) = s.strip_prefix('/') else {
+        return Err(invalid(field, "must be an absolute path"));
+    };
+    if s.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    for c in rest.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(invalid(
+                field,
+                "must be normalised: no empty, `.` or `..` components",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_count<T>(field: &str, v: &[T], max: usize) -> Result<(), Invalid> {
+    if v.len() > max {
+        return Err(invalid(
+            field,
+            format!("has {} entries, the limit is {max}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn from_field(field: &str, e: crate::FieldError) -> Invalid {
+    // The announce's rule text, under this message's field path.
+    invalid(field, e.problem.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("n", "web-1.a_b").is_ok());
+        assert!(check_name("n", "").is_err());
+        assert!(check_name("n", "-x").is_err());
+        assert!(check_name("n", "Web").is_err());
+        assert!(check_name("n", &"a".repeat(33)).is_err());
+        assert!(check_name("n", &"a".repeat(32)).is_ok());
+    }
+
+    #[test]
+    fn plan_ids() {
+        assert!(check_plan_id("p", "3f9A-x_y.z").is_ok());
+        assert!(check_plan_id("p", "..").is_err());
+        assert!(check_plan_id("p", "a/b").is_err());
+        assert!(check_plan_id("p", "a%2f").is_err());
+    }
+
+    #[test]
+    fn paths() {
+        assert!(check_abs_path("p", "/data/x").is_ok());
+        for bad in [
+            "", "/", "data", "/data/", "/a//b", "/a/./b", "/a/../b", "/a\0",
+        ] {
+            assert!(check_abs_path("p", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text() {
+        assert!(check_text("t", "", 4).is_ok());
+        assert!(check_text("t", "abcde", 4).is_err());
+        assert!(check_text("t", "a\0", 4).is_err());
+    }
+}

@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+#[allow(dead_code)]
+#[path = "../src/testing.rs"]
+mod testing;
+
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
@@ -12,8 +16,8 @@ fn main() -> anyhow::Result<()> {
         "usage: create-jail NAME VENDOR STATE_ROOT CGROUP_PARENT ROOTFS"
     );
     let rootfs = PathBuf::from(&a[5]);
-    let oci = jail::testing::oci_spec(&rootfs, "sleep 1000");
-    let opts = jail::testing::options(&a[1], &a[2], &PathBuf::from(&a[3]), &a[4]);
+    let oci = testing::oci_spec(&rootfs, "sleep 1000");
+    let opts = testing::options(&a[1], &a[2], &PathBuf::from(&a[3]), &a[4]);
     let spec = jail::JailSpec::from_oci(&oci, &opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

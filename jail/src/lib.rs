@@ -54,6 +54,12 @@
 //! # Ok(()) }
 //! ```
 
+// `jail::` paths inside the crate, so that `testing.rs` compiles both as
+// the feature-gated module and when the privileged tests include it by
+// path (they must run in a plain `cargo test --workspace`, without the
+// feature).
+extern crate self as jail;
+
 pub mod caps;
 mod error;
 pub mod init;

@@ -2,7 +2,8 @@
 //! rootfs builder, unique names, and leak checks that assert nothing of a
 //! jail is left on the host.
 //!
-//! Test code: panics on failure, with messages that say what leaked.
+//! Test code: panics on failure, with messages that say what leaked. The
+//! crate's own privileged tests include this file by path (see `lib.rs`).
 
 // Test helpers: a failed step must fail the test loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::name::{host_veth, Name};
-use crate::spec::{JailOptions, JailSpec};
+use jail::name::{host_veth, Name};
+use jail::spec::{JailOptions, JailSpec};
 
 /// The static busybox the rootfs is built from (Debian `busybox-static`).
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -141,8 +142,8 @@ pub fn assert_no_leaks(spec: &JailSpec) {
     assert!(m.is_empty(), "mounts leaked: {m:?}");
     assert!(!dir.exists(), "state leaked: {}", dir.display());
     let rootfs = match &spec.rootfs {
-        crate::spec::RootfsOptions::Bind { path } => path.clone(),
-        crate::spec::RootfsOptions::Overlay { upper, .. } => upper.clone(),
+        jail::spec::RootfsOptions::Bind { path } => path.clone(),
+        jail::spec::RootfsOptions::Overlay { upper, .. } => upper.clone(),
     };
     let m = mounts_mentioning(&rootfs.to_string_lossy());
     assert!(m.is_empty(), "rootfs mounts leaked: {m:?}");

@@ -6,8 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use jail::testing::{self, assert_no_leaks, busybox_rootfs, oci_spec, unique};
+// Included by path so these tests build without the `testing` feature.
+#[allow(dead_code)]
+#[path = "../src/testing.rs"]
+mod testing;
+
 use jail::{ExecOptions, Jail, JailOptions, JailSpec};
+use testing::{assert_no_leaks, busybox_rootfs, oci_spec, unique};
 
 /// Per-test environment: temp dir with a busybox rootfs, a state root and
 /// a cgroup parent of its own; removed on drop, also when the test fails.

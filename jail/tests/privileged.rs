@@ -794,3 +794,35 @@ fn run_is_create_start_wait_delete() {
     });
     assert_no_leaks(&spec2);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn passed_device_works_and_others_are_refused() {
+    let env = Env::new();
+    let mut oci = oci_spec(&env.rootfs(), "sleep 1000");
+    let linux: oci_spec::runtime::Linux = serde_json::from_value(serde_json::json!({
+        "devices": [{"path": "/dev/sensor0", "type": "c", "major": 1, "minor": 5}]
+    }))
+    .unwrap();
+    oci.set_linux(Some(linux));
+    let spec = JailSpec::from_oci(&oci, &env.opts(&unique("dev"))).unwrap();
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        // The passed device (here the zero device) reads.
+        let ok = exec(&j, "head -c 4 /dev/sensor0 | wc -c").await;
+        assert_eq!(text(&ok.stdout).trim(), "4", "{}", text(&ok.stderr));
+        // A node the payload makes itself for /dev/mem is refused by the
+        // device cgroup even though mknod (CAP_MKNOD) works.
+        let mem = exec(&j, "mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo rc=$?").await;
+        assert!(text(&mem.stdout).contains("rc=1"), "{}", text(&mem.stdout));
+        assert!(
+            text(&mem.stderr).contains("Operation not permitted"),
+            "{}",
+            text(&mem.stderr)
+        );
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}

@@ -425,7 +425,7 @@ def check_berth(bb, rd, repo, layer, fails):
     fails.check(rd.getVar("SYSTEMD_SERVICE:berth") == "berthd.service", "berth enables berthd.service")
     fails.check(rd.getVar("CARGO_SRC_DIR") == "agent", "berth builds the agent package")
     install = rd.getVar("do_install") or ""
-    for path in ("/etc/berth/berth.toml", "/etc/berth/vendors.toml", "/etc/berth/board.toml", "/var/lib/berth",
+    for path in ("/etc/berth/berthd.toml", "/etc/berth/rules.toml", "/etc/berth/board.toml", "/var/lib/berth",
                  "/usr/lib/systemd/system/berthd.service"):
         fails.check(path in install, f"do_install installs {path}")
 

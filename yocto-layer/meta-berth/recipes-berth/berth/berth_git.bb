@@ -15,8 +15,8 @@ PV = "0.1.0+git"
 
 SRC_URI = "git://example.invalid/berth.git;protocol=https;branch=main \
            file://berthd.service \
-           file://berth.toml \
-           file://vendors.toml \
+           file://berthd.toml \
+           file://rules.toml \
            "
 # Development default: the tip of main, whose Cargo.lock berth-crates.inc in
 # the same commit was generated from. Release branches pin a commit here.
@@ -54,8 +54,10 @@ do_install:append() {
     install -m 0644 ${UNPACKDIR}/berthd.service ${D}${systemd_system_unitdir}/berthd.service
 
     install -d -m 0755 ${D}${sysconfdir}/berth
-    install -m 0644 ${UNPACKDIR}/berth.toml ${D}${sysconfdir}/berth/berth.toml
-    install -m 0644 ${UNPACKDIR}/vendors.toml ${D}${sysconfdir}/berth/vendors.toml
+    install -m 0644 ${UNPACKDIR}/berthd.toml ${D}${sysconfdir}/berth/berthd.toml
+    # Scan BLE by default when the image has BLE support.
+    ${@bb.utils.contains('PACKAGECONFIG', 'ble', "sed -i 's/^ble = false$/ble = true/' ${D}${sysconfdir}/berth/berthd.toml", '', d)}
+    install -m 0644 ${UNPACKDIR}/rules.toml ${D}${sysconfdir}/berth/rules.toml
     install -m 0644 ${S}/board-configs/${BERTH_BOARD}.toml ${D}${sysconfdir}/berth/board.toml
 
     install -d -m 0700 ${D}${localstatedir}/lib/berth
@@ -65,7 +67,7 @@ do_install:append() {
 }
 
 FILES:${PN} += "${systemd_system_unitdir}/berthd.service ${localstatedir}/lib/berth"
-CONFFILES:${PN} = "${sysconfdir}/berth/berth.toml ${sysconfdir}/berth/vendors.toml ${sysconfdir}/berth/board.toml"
+CONFFILES:${PN} = "${sysconfdir}/berth/berthd.toml ${sysconfdir}/berth/rules.toml ${sysconfdir}/berth/board.toml"
 
 RDEPENDS:${PN} += "iproute2"
 RRECOMMENDS:${PN} += "nftables"

@@ -2,8 +2,8 @@ SUMMARY = "Example gateway image with the Berth agent"
 DESCRIPTION = "A small systemd image that boots into berthd. A starting \
                point for product images: copy the IMAGE_INSTALL line into \
                your own image."
-SECTION = "admin"
 BUGTRACKER = "https://example.invalid/berth/issues"
+SECTION = "admin"
 LICENSE = "MIT"
 
 inherit core-image features_check

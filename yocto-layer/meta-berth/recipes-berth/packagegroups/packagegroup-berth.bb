@@ -2,8 +2,8 @@ SUMMARY = "Berth gateway agent and what its jails need at run time"
 DESCRIPTION = "berthd with its tools, and the kernel modules for jails on \
                kernels that build them as modules (without \
                BERTH_KERNEL_FRAGMENT)."
-SECTION = "admin"
 BUGTRACKER = "https://example.invalid/berth/issues"
+SECTION = "admin"
 LICENSE = "MIT"
 
 inherit packagegroup

@@ -132,6 +132,21 @@ pub fn clone_exec(ns_flags: u64, exec: &ChildExec<'_>) -> io::Result<Child> {
     Ok(Child { pid, pidfd })
 }
 
+// 32-bit ARM keeps the 16-bit id calls under the plain names; the 32-bit
+// ones carry a suffix (arch/arm/tools/syscall.tbl).
+#[cfg(target_arch = "arm")]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+#[cfg(target_arch = "arm")]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid32;
+#[cfg(target_arch = "arm")]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid32;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid;
+
 /// The child side: raw syscalls only, no allocation, no locks.
 fn child_path(exec: &ChildExec<'_>) -> ! {
     // SAFETY: every call below is an async-signal-safe raw syscall on fds
@@ -149,9 +164,9 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
         // Raw syscalls, not the libc wrappers: glibc's set*id broadcast to
         // the parent's other threads, which do not exist in this child.
         if exec.become_root
-            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
-                || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
-                || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
+            && (libc::syscall(SYS_SETGROUPS, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(SYS_SETRESGID, 0u32, 0u32, 0u32) < 0
+                || libc::syscall(SYS_SETRESUID, 0u32, 0u32, 0u32) < 0)
         {
             child_fail(exec.err_fd);
         }

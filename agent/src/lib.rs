@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod detect;
 pub mod error;
+pub mod image;
 pub mod jailcmd;
 pub mod net;
 

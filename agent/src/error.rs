@@ -58,6 +58,25 @@ pub enum CliError {
         /// What to do.
         hint: &'static str,
     },
+    /// An argument is not UTF-8.
+    #[error("argument {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+    /// A file operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// Operation and path.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A network operation failed.
+    #[error("network: {what}: {source}")]
+    Net {
+        /// Operation and object.
+        what: String,
+        /// Cause (boxed: it is large and rare).
+        source: Box<netns::Error>,
+    },
     /// The jail runtime failed.
     #[error("{0}")]
     Jail(String),
@@ -82,8 +101,13 @@ impl CliError {
             | CliError::NameClash { .. }
             | CliError::UnknownJail { .. }
             | CliError::StateDirNotDir(_)
-            | CliError::WrongState { .. } => crate::EXIT_USAGE,
-            CliError::Jail(_) | CliError::Runtime(_) | CliError::Output(_) => crate::EXIT_FAILURE,
+            | CliError::WrongState { .. }
+            | CliError::NotUtf8(_) => crate::EXIT_USAGE,
+            CliError::Jail(_)
+            | CliError::Io { .. }
+            | CliError::Net { .. }
+            | CliError::Runtime(_)
+            | CliError::Output(_) => crate::EXIT_FAILURE,
         }
     }
 }

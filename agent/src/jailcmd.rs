@@ -2,14 +2,53 @@
 //! the `jail` runtime on a current-thread tokio runtime.
 //!
 //! Every check that can refuse a command runs before anything is created:
-//! root, the rootfs and layers, the name. A refused command exits with 2 and
+//! the rootfs and layers, root, the name. A refused command exits with 2 and
 //! leaves no state dir, cgroup or link behind.
+//!
+//! State dir layout (`--state-dir`, default `/run/berth`):
+//!
+//! ```text
+//! jails/<name>/       the jail runtime's per-jail state
+//! net/<bridge>.addrs  address allocator of each vendor bridge
+//! overlay/<name>/     upper and work dirs of an overlay rootfs
+//! ```
+//!
+//! Concurrency: every command that changes the state dir holds an exclusive
+//! `flock(2)` on the state dir while it recovers, creates or removes, so a
+//! create in progress is never mistaken for an abandoned one. The payload's
+//! run is outside the lock.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::cli::{Cli, Command, JailCommand, JailOpts};
+use jail::{Console, ExecOptions, ExecStdio, IdMap, Jail, JailOptions, JailSpec, NetOptions};
+use jail::{Phase, RootfsOptions};
+use serde::Serialize;
+
+use crate::cli::{signal_name, Cli, Command, JailCommand, JailOpts};
 use crate::error::CliError;
+use crate::net;
+
+/// Sub-directory of the state dir holding the jail runtime's state.
+pub const JAILS_DIR: &str = "jails";
+/// Sub-directory holding the vendor bridges' address allocators.
+pub const NET_DIR: &str = "net";
+/// Sub-directory holding overlay upper and work dirs.
+pub const OVERLAY_DIR: &str = "overlay";
+/// First host uid/gid of the ranges given to `--user-ns` jails.
+pub const USERNS_BASE: u32 = 1_000_000;
+/// Size of one jail's uid/gid range.
+pub const USERNS_SIZE: u32 = 65_536;
+/// Environment of a payload.
+const PAYLOAD_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "TERM=xterm",
+];
 
 /// Runs a parsed command line and returns the process exit code; errors are
 /// printed as one `berth: error: ...` line.
@@ -27,9 +66,13 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let Command::Jail(cmd) = &cli.command;
     check_input(cmd, &cli.state_dir)?;
     check_root()?;
-    Err(CliError::Jail(
-        "the jail runtime is not linked into this build".to_string(),
-    ))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let ctx = Ctx::new(&cli);
+    let Command::Jail(cmd) = cli.command;
+    rt.block_on(dispatch(&ctx, cmd))
 }
 
 /// Refuses unless running as root (jails need namespaces and cgroups).
@@ -73,6 +116,785 @@ pub fn check_opts(opts: &JailOpts) -> Result<(), CliError> {
         if !layer.is_dir() {
             return Err(CliError::LayerNotDir(layer.clone()));
         }
+    }
+    Ok(())
+}
+
+/// Paths and names every command works with.
+#[derive(Debug, Clone)]
+struct Ctx {
+    state_dir: PathBuf,
+    cgroup_parent: String,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> Ctx {
+        // The jail runtime checks absolute host paths: anchor a relative
+        // state dir at the current directory.
+        let state_dir = std::path::absolute(&cli.state_dir).unwrap_or(cli.state_dir.clone());
+        Ctx {
+            state_dir,
+            cgroup_parent: cli.cgroup_parent.clone(),
+        }
+    }
+    fn jails(&self) -> PathBuf {
+        self.state_dir.join(JAILS_DIR)
+    }
+    fn net(&self) -> PathBuf {
+        self.state_dir.join(NET_DIR)
+    }
+    fn overlay(&self, name: &str) -> PathBuf {
+        self.state_dir.join(OVERLAY_DIR).join(name)
+    }
+    fn jail_exists(&self, name: &str) -> bool {
+        jail::state::jail_dir(&self.jails(), name)
+            .join(jail::state::STATE_FILE)
+            .exists()
+            || jail::state::jail_dir(&self.jails(), name).exists()
+    }
+    fn unknown(&self, name: &str) -> CliError {
+        CliError::UnknownJail {
+            name: name.to_string(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+/// An exclusive `flock(2)` on the state dir, released on drop.
+#[derive(Debug)]
+struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+/// Locks the state dir, creating it first when `create` (else `None` if it
+/// does not exist).
+async fn lock_state(ctx: &Ctx, create: bool) -> Result<Option<StateLock>, CliError> {
+    let dir = ctx.state_dir.clone();
+    blocking(move || {
+        if create {
+            std::fs::create_dir_all(&dir).map_err(|e| CliError::Io {
+                what: format!("create state dir {}", dir.display()),
+                source: e,
+            })?;
+        } else if !dir.is_dir() {
+            return Ok(None);
+        }
+        let f = File::open(&dir).map_err(|e| CliError::Io {
+            what: format!("open state dir {}", dir.display()),
+            source: e,
+        })?;
+        // Blocking until a concurrent create in this state dir finishes.
+        let lock =
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+                CliError::Io {
+                    what: format!("lock state dir {}", dir.display()),
+                    source: e.into(),
+                }
+            })?;
+        Ok(Some(StateLock(lock)))
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::Jail(format!("blocking task failed: {e}")))?
+}
+
+fn jail_err(e: jail::Error) -> CliError {
+    CliError::Jail(e.to_string())
+}
+
+async fn dispatch(ctx: &Ctx, cmd: JailCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        JailCommand::Run(a) => {
+            let name = a.name.clone().unwrap_or_else(generated_name);
+            cmd_run(ctx, &name, &a.opts, &a.cmd).await
+        }
+        JailCommand::Create(a) => cmd_create(ctx, &a.name, &a.opts, &a.cmd).await,
+        JailCommand::Start { name } => {
+            let _lock = recover_locked(ctx).await?;
+            let mut j = adopt(ctx, &name).await?;
+            if j.state().phase != Phase::Created || !j.is_alive() {
+                return Err(wrong_state(&j, "only a created jail can be started"));
+            }
+            j.start().await.map_err(jail_err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JailCommand::Exec { name, cmd } => {
+            let j = {
+                let _lock = recover_locked(ctx).await?;
+                adopt(ctx, &name).await?
+            };
+            if !j.is_alive() || j.state().phase != Phase::Running {
+                return Err(wrong_state(&j, "start it first"));
+            }
+            let mut opts = ExecOptions::new(to_strings(&cmd)?);
+            opts.stdio = ExecStdio::Inherit;
+            let out = j.exec(opts).await.map_err(jail_err)?;
+            Ok(exit_code(out.code))
+        }
+        JailCommand::Stop { name, time } => {
+            let mut j = {
+                let _lock = recover_locked(ctx).await?;
+                adopt(ctx, &name).await?
+            };
+            if j.is_alive() {
+                j.stop(Duration::from_secs(time)).await.map_err(jail_err)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JailCommand::Kill { name, signal } => {
+            let _lock = recover_locked(ctx).await?;
+            let j = adopt(ctx, &name).await?;
+            if !j.is_alive() {
+                return Err(wrong_state(&j, "nothing to signal"));
+            }
+            j.kill(signal).map_err(jail_err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JailCommand::Rm { name, force } => {
+            let _lock = recover_locked(ctx).await?;
+            let j = adopt(ctx, &name).await?;
+            if j.is_alive() && !force {
+                return Err(wrong_state(&j, "stop it first or use --force"));
+            }
+            let vendor = j.state().vendor.to_string();
+            let res = j.delete().await.map_err(jail_err);
+            let tidy = tidy(ctx, &[vendor]).await;
+            remove_overlay(ctx, &name);
+            res.and(tidy)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JailCommand::Ls { json } => {
+            let _lock = recover_locked(ctx).await?;
+            let infos = if ctx.state_dir.is_dir() {
+                jail::list(&ctx.jails()).await.map_err(jail_err)?
+            } else {
+                Vec::new()
+            };
+            let rows: Vec<LsRow> = infos
+                .into_iter()
+                .map(|i| {
+                    let exit =
+                        jail::state::read_exit(&jail::state::jail_dir(&ctx.jails(), &i.name));
+                    LsRow {
+                        state: phase_name(i.phase),
+                        pid: if i.alive { i.pid } else { None },
+                        address: i.address,
+                        exit_code: if i.alive { None } else { exit.map(|e| e.code) },
+                        vendor: i.vendor,
+                        name: i.name,
+                    }
+                })
+                .collect();
+            print_ls(&rows, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JailCommand::Stats { name, json } => {
+            let j = {
+                let _lock = recover_locked(ctx).await?;
+                adopt(ctx, &name).await?
+            };
+            let s = j.stats().await.map_err(jail_err)?;
+            let r = &j.state().spec.resources;
+            let row = StatsRow {
+                name: name.clone(),
+                state: phase_name(s.phase),
+                pid: s.pid,
+                memory_bytes: s.cgroup.memory_current,
+                memory_peak: s.cgroup.memory_peak,
+                memory_max: r.memory_max,
+                pids: s.cgroup.pids_current,
+                pids_max: r.pids_max,
+                cpu_ns: s.cgroup.cpu_usage_us.saturating_mul(1000),
+                oom_kills: s.cgroup.oom_kills,
+            };
+            print_stats(&row, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Locks the state dir (if it exists) and removes the leftovers of jails
+/// whose creator died. The returned lock is held by the caller.
+async fn recover_locked(ctx: &Ctx) -> Result<Option<StateLock>, CliError> {
+    let Some(lock) = lock_state(ctx, false).await? else {
+        return Ok(None);
+    };
+    recover(ctx).await?;
+    Ok(Some(lock))
+}
+
+/// Recovery under the state lock: jails still in phase `creating` (their
+/// creator died mid-create; a live create holds the lock) are deleted with
+/// everything they own, then the vendor bridges, cgroups and overlays
+/// nobody owns any more. Stopped jails are kept for `ls` and `rm`.
+async fn recover(ctx: &Ctx) -> Result<(), CliError> {
+    let jails = jail::list(&ctx.jails()).await.map_err(jail_err)?;
+    let mut first_err = None;
+    let mut vendors = Vec::new();
+    for info in jails.iter().filter(|i| i.phase == Phase::Creating) {
+        tracing::warn!(
+            jail = info.name.as_str(),
+            "removing a jail whose create never finished"
+        );
+        vendors.push(info.vendor.clone());
+        let r = match Jail::adopt(&ctx.jails(), &info.name).await {
+            Ok(j) => j.delete().await.map_err(jail_err),
+            Err(e) => Err(jail_err(e)),
+        };
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+        remove_overlay(ctx, &info.name);
+    }
+    // Directories without a readable record: create writes the record
+    // before it makes any kernel object, so there is nothing else.
+    if let Ok(rd) = std::fs::read_dir(ctx.jails()) {
+        for e in rd.flatten() {
+            let dir = e.path();
+            if dir.is_dir() && !dir.join(jail::state::STATE_FILE).exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    // Overlay dirs of jails that never got a state dir.
+    if let Ok(rd) = std::fs::read_dir(ctx.state_dir.join(OVERLAY_DIR)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !ctx.jail_exists(&name) {
+                remove_overlay(ctx, &name);
+            }
+        }
+    }
+    let t = tidy(ctx, &vendors).await;
+    match first_err {
+        Some(e) => Err(e),
+        None => t,
+    }
+}
+
+/// Removes every vendor bridge of this state dir that no jail uses any
+/// more, the empty cgroups of `vendors`; re-applies the firewall; removes
+/// empty sub-directories of the state dir. Call under the state lock.
+async fn tidy(ctx: &Ctx, vendors: &[String]) -> Result<(), CliError> {
+    let mut first_err = None;
+    let mut bridges = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(ctx.net()) {
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if let Some(b) = f.strip_suffix(".addrs") {
+                bridges.push(b.to_string());
+            }
+        }
+    }
+    let mut bridges_changed = false;
+    for bridge in &bridges {
+        match gc_bridge(ctx, bridge).await {
+            Ok(changed) => bridges_changed |= changed,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    for vendor in vendors {
+        for h in cgroup_mounts() {
+            // rmdir(2) refuses a cgroup with tasks or children: only an
+            // empty vendor cgroup goes.
+            let _ = std::fs::remove_dir(h.join(&ctx.cgroup_parent).join(vendor));
+        }
+    }
+    if bridges_changed {
+        if let Err(e) = apply_firewall(ctx).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    for sub in [JAILS_DIR, NET_DIR, OVERLAY_DIR] {
+        let _ = std::fs::remove_dir(ctx.state_dir.join(sub));
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Deletes `bridge` if this state dir's allocator has no lease on it and no
+/// port is attached. Returns whether it was removed.
+async fn gc_bridge(ctx: &Ctx, bridge: &str) -> Result<bool, CliError> {
+    let alloc_file = ctx.net().join(format!("{bridge}.addrs"));
+    if !alloc_file.exists() {
+        return Ok(false);
+    }
+    // The allocator's file lists one `lease ADDR OWNER` line per address
+    // handed out (netns::alloc); an unreadable file counts as in use.
+    let leases = std::fs::read_to_string(&alloc_file)
+        .map(|t| t.lines().filter(|l| l.starts_with("lease ")).count())
+        .unwrap_or(usize::MAX);
+    let ports = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    if leases > 0 || ports > 0 {
+        return Ok(false);
+    }
+    let c = netns::Net::connect().await.map_err(|e| CliError::Net {
+        what: "connect to netlink".into(),
+        source: Box::new(e),
+    })?;
+    c.delete_bridge(bridge).await.map_err(|e| CliError::Net {
+        what: format!("delete bridge {bridge}"),
+        source: Box::new(e),
+    })?;
+    std::fs::remove_file(&alloc_file).map_err(|e| CliError::Io {
+        what: format!("remove {}", alloc_file.display()),
+        source: e,
+    })?;
+    Ok(true)
+}
+
+/// The nftables table of this state dir: `berth` for the default one, else
+/// `berth-` and a hash of the path (so that test state dirs do not clash).
+pub fn table_name(state_dir: &Path) -> String {
+    if state_dir == Path::new(crate::cli::DEFAULT_STATE_DIR) {
+        "berth".to_string()
+    } else {
+        format!(
+            "berth-{:08x}",
+            net::fnv1a(state_dir.as_os_str().as_encoded_bytes())
+        )
+    }
+}
+
+/// Applies NAT egress and vendor isolation for every bridge this state dir
+/// allocates on (one atomic nftables table), or removes the table when
+/// there is none.
+async fn apply_firewall(ctx: &Ctx) -> Result<(), CliError> {
+    let routes = net::host_routes().map_err(|e| CliError::Io {
+        what: "read /proc/net/route".into(),
+        source: e,
+    })?;
+    let mut bridges = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(ctx.net()) {
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let Some(bridge) = f.strip_suffix(".addrs") else {
+                continue;
+            };
+            if let Some(r) = routes.iter().find(|r| r.iface == bridge && r.mask != 0) {
+                let prefix_len = r.mask.count_ones() as u8;
+                bridges.push(netns::BridgePolicy {
+                    bridge: bridge.to_string(),
+                    subnet: r.dest,
+                    prefix_len,
+                    gateway: Ipv4Addr::from(u32::from(r.dest) + 1),
+                    host_ports: Vec::new(),
+                    allow_to: Vec::new(),
+                });
+            }
+        }
+    }
+    let fw = netns::Firewall::new(&table_name(&ctx.state_dir));
+    let policy = netns::Policy {
+        uplink_masquerade: !bridges.is_empty(),
+        bridges,
+    };
+    blocking(move || {
+        let r = if policy.bridges.is_empty() {
+            fw.remove()
+        } else {
+            if !netns::ipv4_forwarding().unwrap_or(false) {
+                // NAT egress needs forwarding (ip(7), ip_forward).
+                netns::set_ipv4_forwarding(true).map_err(|e| CliError::Net {
+                    what: "enable ipv4 forwarding".into(),
+                    source: Box::new(e),
+                })?;
+            }
+            fw.apply(&policy)
+        };
+        r.map_err(|e| CliError::Net {
+            what: format!("firewall table {}", fw.table()),
+            source: Box::new(e),
+        })
+    })
+    .await
+}
+
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            if fstype == "cgroup" || fstype == "cgroup2" {
+                pre.split_whitespace().nth(4).map(PathBuf::from)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn remove_overlay(ctx: &Ctx, name: &str) {
+    let dir = ctx.overlay(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove overlay dir");
+        }
+    }
+}
+
+async fn adopt(ctx: &Ctx, name: &str) -> Result<Jail, CliError> {
+    if !ctx.jail_exists(name) {
+        return Err(ctx.unknown(name));
+    }
+    Jail::adopt(&ctx.jails(), name).await.map_err(|e| match e {
+        jail::Error::NotFound(_) => ctx.unknown(name),
+        other => jail_err(other),
+    })
+}
+
+fn wrong_state(j: &Jail, hint: &'static str) -> CliError {
+    let state = if j.is_alive() {
+        phase_name(j.state().phase)
+    } else if j.state().phase == Phase::Creating {
+        "creating"
+    } else {
+        "stopped"
+    };
+    CliError::WrongState {
+        name: j.name().to_string(),
+        state: state.to_string(),
+        hint,
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Creating => "creating",
+        Phase::Created => "created",
+        Phase::Running => "running",
+        Phase::Stopped => "stopped",
+    }
+}
+
+fn generated_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("run-{}-{:x}", std::process::id(), nanos & 0xfffff)
+}
+
+fn to_strings(cmd: &[std::ffi::OsString]) -> Result<Vec<String>, CliError> {
+    cmd.iter()
+        .map(|a| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| CliError::NotUtf8(a.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255))
+}
+
+/// Builds the spec of a new jail.
+fn build_spec(
+    ctx: &Ctx,
+    name: &str,
+    opts: &JailOpts,
+    cmd: &[std::ffi::OsString],
+    console: Console,
+) -> Result<JailSpec, CliError> {
+    let args = to_strings(cmd)?;
+    let rootfs_abs = std::path::absolute(&opts.rootfs).unwrap_or(opts.rootfs.clone());
+    let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": rootfs_abs, "readonly": false },
+        "process": {
+            "args": args,
+            "env": PAYLOAD_ENV,
+            "cwd": "/",
+            "user": { "uid": 0, "gid": 0 },
+        },
+    }))
+    .map_err(|e| CliError::Jail(format!("build the jail spec: {e}")))?;
+    let rootfs = if opts.overlay || !opts.layers.is_empty() {
+        let dir = ctx.overlay(name);
+        // Topmost first: the last --layer, down to the rootfs.
+        let mut lowers: Vec<PathBuf> = opts
+            .layers
+            .iter()
+            .rev()
+            .map(|l| std::path::absolute(l).unwrap_or(l.clone()))
+            .collect();
+        lowers.push(rootfs_abs);
+        Some(RootfsOptions::Overlay {
+            lowers,
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        })
+    } else {
+        None
+    };
+    let network = if opts.net {
+        let bridge = net::bridge_name(&opts.vendor);
+        let routes = net::host_routes().map_err(|e| CliError::Io {
+            what: "read /proc/net/route".into(),
+            source: e,
+        })?;
+        let subnet = net::pick_subnet(&opts.vendor, &bridge, &routes).ok_or_else(|| {
+            CliError::Jail(format!(
+                "no free subnet for bridge {bridge} in {}/16",
+                net::POOL
+            ))
+        })?;
+        Some(NetOptions {
+            bridge,
+            gateway: subnet.gateway,
+            prefix_len: subnet.prefix_len,
+            allocator_dir: ctx.net(),
+        })
+    } else {
+        None
+    };
+    let user_ns = opts.user_ns.then(|| IdMap {
+        inside: 0,
+        outside: USERNS_BASE + (net::fnv1a(name.as_bytes()) % 1000) * USERNS_SIZE,
+        count: USERNS_SIZE,
+    });
+    let jopts = JailOptions {
+        name: name.to_string(),
+        vendor: opts.vendor.clone(),
+        rootfs,
+        network,
+        cgroup_parent: Some(PathBuf::from(&ctx.cgroup_parent)),
+        state_root: Some(ctx.jails()),
+        init_path: None,
+        memory_max: opts.memory,
+        pids_max: opts.pids,
+        cpus: opts.cpus,
+        hostname: Some(opts.hostname.clone().unwrap_or_else(|| name.to_string())),
+        user_ns,
+        console,
+    };
+    JailSpec::from_oci(&oci, &jopts).map_err(|e| CliError::Jail(format!("jail spec: {e}")))
+}
+
+/// Under the state lock: recovery, the name check, the overlay dirs, the
+/// runtime's create and the firewall.
+async fn create_locked(
+    ctx: &Ctx,
+    name: &str,
+    opts: &JailOpts,
+    cmd: &[std::ffi::OsString],
+    console: Console,
+) -> Result<Jail, CliError> {
+    let spec = build_spec(ctx, name, opts, cmd, console)?;
+    let _lock = lock_state(ctx, true).await?;
+    recover(ctx).await?;
+    if ctx.jail_exists(name) {
+        return Err(CliError::NameClash {
+            name: name.to_string(),
+            state_dir: ctx.state_dir.clone(),
+        });
+    }
+    if let RootfsOptions::Overlay { upper, work, .. } = &spec.rootfs {
+        for d in [upper, work] {
+            std::fs::create_dir_all(d).map_err(|e| CliError::Io {
+                what: format!("create overlay dir {}", d.display()),
+                source: e,
+            })?;
+        }
+    }
+    let vendors = [opts.vendor.clone()];
+    let jail = match Jail::create(spec).await {
+        Ok(j) => j,
+        Err(e) => {
+            remove_overlay(ctx, name);
+            let _ = tidy(ctx, &vendors).await;
+            return Err(jail_err(e));
+        }
+    };
+    if opts.net {
+        if let Err(e) = apply_firewall(ctx).await {
+            let _ = jail.delete().await;
+            remove_overlay(ctx, name);
+            let _ = tidy(ctx, &vendors).await;
+            return Err(e);
+        }
+    }
+    Ok(jail)
+}
+
+async fn cmd_create(
+    ctx: &Ctx,
+    name: &str,
+    opts: &JailOpts,
+    cmd: &[std::ffi::OsString],
+) -> Result<ExitCode, CliError> {
+    create_locked(ctx, name, opts, cmd, Console::LogFile).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_run(
+    ctx: &Ctx,
+    name: &str,
+    opts: &JailOpts,
+    cmd: &[std::ffi::OsString],
+) -> Result<ExitCode, CliError> {
+    let mut jail = create_locked(ctx, name, opts, cmd, Console::Inherit).await?;
+    let outcome = run_payload(&mut jail).await;
+    // Memory accounting survives the payload until the cgroup goes.
+    let oom_kills = jail.stats().await.map(|s| s.cgroup.oom_kills).unwrap_or(0);
+    let vendor = opts.vendor.clone();
+    let removed = {
+        let _lock = lock_state(ctx, true).await?;
+        let r = jail.delete().await.map_err(jail_err);
+        remove_overlay(ctx, name);
+        let t = tidy(ctx, &[vendor]).await;
+        r.and(t)
+    };
+    let rec = outcome?;
+    if oom_kills > 0 {
+        let limit = opts.memory.map(human_size).unwrap_or_else(|| "?".into());
+        eprintln!(
+            "berth: jail {name}: out of memory: the kernel killed {oom_kills} process(es) at the --memory limit of {limit}"
+        );
+    } else if let Some(sig) = rec.signal {
+        let sname = signal_name(sig)
+            .map(|s| format!("SIG{s}"))
+            .unwrap_or(format!("signal {sig}"));
+        tracing::info!(jail = name, "payload killed by {sname}");
+    }
+    removed?;
+    Ok(exit_code(rec.code))
+}
+
+/// Starts the payload and waits for it, forwarding SIGINT, SIGTERM and
+/// SIGHUP sent to berth to the jail.
+async fn run_payload(jail: &mut Jail) -> Result<jail::ExitRecord, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Runtime)?;
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(CliError::Runtime)?;
+    jail.start().await.map_err(jail_err)?;
+    loop {
+        let sig = tokio::select! {
+            // Cancel-safe: the signal streams lose nothing when another
+            // branch wins, and a cancelled wait() is simply called again.
+            _ = int.recv() => libc_sig::INT,
+            _ = term.recv() => libc_sig::TERM,
+            _ = hup.recv() => libc_sig::HUP,
+            rec = jail.wait() => return rec.map_err(jail_err),
+        };
+        if let Err(e) = jail.kill(sig) {
+            tracing::debug!(error = %e, "forwarding a signal to the jail");
+        }
+    }
+}
+
+/// Signal numbers forwarded by `run` (Linux values).
+mod libc_sig {
+    pub const HUP: i32 = 1;
+    pub const INT: i32 = 2;
+    pub const TERM: i32 = 15;
+}
+
+fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// One line of `berth jail ls`.
+#[derive(Debug, Serialize)]
+struct LsRow {
+    name: String,
+    vendor: String,
+    state: &'static str,
+    pid: Option<i32>,
+    address: Option<Ipv4Addr>,
+    exit_code: Option<i32>,
+}
+
+fn print_ls(rows: &[LsRow], json: bool) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(rows)
+            .map_err(|e| CliError::Jail(format!("encode json: {e}")))?;
+        writeln!(out, "{text}").map_err(CliError::Output)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32} {:<16} {:<9} {:>8} {:<15}",
+        "NAME", "VENDOR", "STATE", "PID", "ADDRESS"
+    )
+    .map_err(CliError::Output)?;
+    for r in rows {
+        let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let addr = r
+            .address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<32} {:<16} {:<9} {:>8} {:<15}",
+            r.name, r.vendor, r.state, pid, addr
+        )
+        .map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// `berth jail stats`.
+#[derive(Debug, Serialize)]
+struct StatsRow {
+    name: String,
+    state: &'static str,
+    pid: Option<i32>,
+    memory_bytes: u64,
+    memory_peak: Option<u64>,
+    memory_max: Option<u64>,
+    pids: u64,
+    pids_max: Option<u64>,
+    cpu_ns: u64,
+    oom_kills: u64,
+}
+
+fn print_stats(s: &StatsRow, json: bool) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(s)
+            .map_err(|e| CliError::Jail(format!("encode json: {e}")))?;
+        writeln!(out, "{text}").map_err(CliError::Output)?;
+        return Ok(());
+    }
+    let limit = |v: Option<u64>, f: fn(u64) -> String| v.map(f).unwrap_or_else(|| "none".into());
+    let lines = [
+        format!("name:      {}", s.name),
+        format!("state:     {}", s.state),
+        format!(
+            "memory:    {} (limit {})",
+            human_size(s.memory_bytes),
+            limit(s.memory_max, human_size)
+        ),
+        format!(
+            "pids:      {} (limit {})",
+            s.pids,
+            limit(s.pids_max, |v| v.to_string())
+        ),
+        format!("cpu:       {:.3} s", s.cpu_ns as f64 / 1e9),
+        format!("oom kills: {}", s.oom_kills),
+    ];
+    for l in lines {
+        writeln!(out, "{l}").map_err(CliError::Output)?;
     }
     Ok(())
 }
@@ -124,5 +946,57 @@ mod tests {
             format!("layer {} is not a directory", missing.display())
         );
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn spec_from_options() {
+        let d = tempfile::tempdir().unwrap();
+        let l1 = d.path().join("l1");
+        let l2 = d.path().join("l2");
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--state-dir",
+            "/tmp/st",
+            "--cgroup-parent",
+            "cgp",
+            "jail",
+            "ls",
+        ])
+        .unwrap();
+        let ctx = Ctx::new(&cli);
+        let mut o = opts(d.path(), &[&l1, &l2]);
+        o.memory = Some(1 << 20);
+        o.user_ns = true;
+        let spec = build_spec(&ctx, "j1", &o, &["/bin/true".into()], Console::Null).unwrap();
+        match &spec.rootfs {
+            RootfsOptions::Overlay { lowers, upper, .. } => {
+                assert_eq!(
+                    lowers,
+                    &vec![l2.clone(), l1.clone(), d.path().to_path_buf()]
+                );
+                assert_eq!(upper, &PathBuf::from("/tmp/st/overlay/j1/upper"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(spec.resources.memory_max, Some(1 << 20));
+        assert_eq!(spec.cgroup_path, PathBuf::from("cgp/default/j1"));
+        assert_eq!(spec.state_root, PathBuf::from("/tmp/st/jails"));
+        let (uid, _) = spec.user_ns.clone().unwrap();
+        assert!(uid[0].outside >= USERNS_BASE && uid[0].count == USERNS_SIZE);
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(table_name(Path::new("/run/berth")), "berth");
+        let t = table_name(Path::new("/tmp/x/state"));
+        assert!(t.starts_with("berth-") && t.len() == 14, "{t}");
+        assert_ne!(t, table_name(Path::new("/tmp/y/state")));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(64 << 20), "64 MiB");
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(1000), "1000 bytes");
     }
 }

@@ -140,7 +140,7 @@ fn limits_are_written_to_the_cgroups() {
     let find = |hier: &str, file: &str| -> String {
         let mut found = Vec::new();
         for cg in host::cgroups_below(&env.cgroup_parent) {
-            if cg.starts_with(format!("/sys/fs/cgroup/{hier}")) {
+            if cg.starts_with(format!("/sys/fs/cgroup/{hier}")) && cg.ends_with(&name) {
                 if let Ok(v) = std::fs::read_to_string(cg.join(file)) {
                     found.push(v.trim().to_string());
                 }

@@ -599,8 +599,7 @@ fn pull_verify_unpack_share_and_gc() {
             assert_eq!(unpacked, 2, "{ev:?}");
             let last_download = ev
                 .iter()
-                .filter(|p| p.phase == Phase::Download && p.digest == img1.layers[0])
-                .next_back()
+                .rfind(|p| p.phase == Phase::Download && p.digest == img1.layers[0])
                 .unwrap();
             assert_eq!(last_download.done, last_download.total);
         }

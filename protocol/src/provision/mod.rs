@@ -173,6 +173,48 @@ fn decode_canonical<T: CborMessage>(buf: &[u8]) -> Result<T, MessageError> {
     Ok(v)
 }
 
+/// Largest error body, in bytes.
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// The body of every 4xx and 5xx answer, and of `202 Accepted` (pending):
+/// the HTTP status again and one line saying why, for the gateway's log and
+/// the technician.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ErrorBody {
+    /// Always [`FORMAT`].
+    #[n(0)]
+    pub format: u32,
+    #[n(1)]
+    pub status: u16,
+    #[n(2)]
+    pub reason: String,
+}
+
+impl ErrorBody {
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        let reason: String = reason.into();
+        ErrorBody {
+            format: FORMAT,
+            status,
+            reason: report::truncate(&reason, MAX_ERROR_BODY - 16).into(),
+        }
+    }
+}
+
+impl CborMessage for ErrorBody {
+    const WHAT: &'static str = "error body";
+    const MAX: usize = MAX_ERROR_BODY;
+
+    fn format(&self) -> u32 {
+        self.format
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        check_text("reason", &self.reason, MAX_ERROR_BODY - 16)
+    }
+}
+
 // ---- field rules shared by the messages ----
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
@@ -318,6 +360,99 @@ mod tests {
         ] {
             assert!(check_abs_path("p", bad).is_err(), "{bad:?}");
         }
+    }
+
+    mod hostile {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::vec;
+        use std::vec::Vec;
+
+        fn valid_plan() -> Vec<u8> {
+            plan::tests::sample().to_cbor().unwrap()
+        }
+
+        fn valid_signed() -> Vec<u8> {
+            static SIGNED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            SIGNED
+                .get_or_init(|| {
+                    let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+                    SignedPlan::sign(&plan::tests::sample(), &k, b"k").unwrap()
+                })
+                .clone()
+        }
+
+        /// Every decoder, on every input: an answer, never a panic. Returns
+        /// what signature verification said.
+        fn decode_all(b: &[u8]) -> Result<Plan, PlanError> {
+            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+            let _ = ProvisionRequest::from_cbor(b);
+            let _ = Plan::from_cbor(b);
+            let _ = Report::from_cbor(b);
+            let _ = ErrorBody::from_cbor(b);
+            let _ = peek_kid(b);
+            verify_plan(b, &k, "acme")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn random_bytes(b in proptest::collection::vec(any::<u8>(), 0..600)) {
+                prop_assert!(decode_all(&b).is_err());
+            }
+
+            #[test]
+            fn mutated_plans(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                             cut in any::<prop::sample::Index>()) {
+                for base in [valid_plan(), valid_signed()] {
+                    let mut b = base.clone();
+                    for (i, v) in &flips {
+                        let i = i.index(b.len());
+                        b[i] = *v;
+                    }
+                    let cut = cut.index(b.len());
+                    prop_assert!(decode_all(&b[..cut]).is_err());
+                    let verified = decode_all(&b);
+                    // A changed signed plan never verifies as another plan:
+                    // only a change outside what is signed (the unprotected
+                    // header) could pass, and then it is the original plan.
+                    if let Ok(p) = verified {
+                        prop_assert_eq!(p, plan::tests::sample());
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn deep_nesting_is_refused_without_overflow() {
+            // 10 000 nested arrays, and as many nested tags.
+            let mut b = vec![0x81u8; 10_000];
+            b.push(0x00);
+            assert!(decode_all(&b).is_err());
+            let mut b = vec![0xd2u8; 10_000];
+            b.push(0x00);
+            assert!(decode_all(&b).is_err());
+            // Huge declared lengths with no content behind them.
+            for b in [
+                &[
+                    0xa8, 0x07, 0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                ][..],
+                &[0x84, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                &[0xd2, 0x84, 0x40, 0xa0, 0x5a, 0xff, 0xff, 0xff, 0xff, 0x40],
+            ] {
+                assert!(decode_all(b).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn error_body_round_trip() {
+        let e = ErrorBody::new(403, "unknown device");
+        let b = e.to_cbor().unwrap();
+        assert_eq!(ErrorBody::from_cbor(&b).unwrap(), e);
+        let long = ErrorBody::new(500, "x".repeat(10_000));
+        assert!(long.to_cbor().unwrap().len() <= MAX_ERROR_BODY);
     }
 
     #[test]

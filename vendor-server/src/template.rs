@@ -256,7 +256,7 @@ impl Template {
                 name: a.name,
                 // Checked with the rest of the plan below.
                 image: ImageRef::parse(a.image.get_ref())
-                    .map_err(|e| at(Some(a.image.span()), e.reason))?,
+                    .map_err(|e| at(Some(a.image.span()), e.to_string()))?,
                 command: a.command,
                 args: a.args,
                 env: a.env,

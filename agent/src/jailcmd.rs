@@ -262,8 +262,8 @@ async fn dispatch(ctx: &Ctx, cmd: JailCommand) -> Result<ExitCode, CliError> {
             }
             let vendor = j.state().vendor.to_string();
             let res = j.delete().await.map_err(jail_err);
-            let tidy = tidy(ctx, &[vendor]).await;
             remove_overlay(ctx, &name);
+            let tidy = tidy(ctx, &[vendor], false).await;
             res.and(tidy)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -360,6 +360,15 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     }
+    // Temp files of an allocator write cut short (netns writes temp, fsync,
+    // rename): no writer runs while we hold the lock.
+    if let Ok(rd) = std::fs::read_dir(ctx.net()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     // Overlay dirs of jails that never got a state dir.
     if let Ok(rd) = std::fs::read_dir(ctx.state_dir.join(OVERLAY_DIR)) {
         for e in rd.flatten() {
@@ -369,7 +378,9 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     }
-    let t = tidy(ctx, &vendors).await;
+    // A creator killed between the jail's create and its firewall update
+    // left a complete jail outside the rules: refresh them.
+    let t = tidy(ctx, &vendors, true).await;
     match first_err {
         Some(e) => Err(e),
         None => t,
@@ -379,7 +390,7 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
 /// Removes every vendor bridge of this state dir that no jail uses any
 /// more, the empty cgroups of `vendors`; re-applies the firewall; removes
 /// empty sub-directories of the state dir. Call under the state lock.
-async fn tidy(ctx: &Ctx, vendors: &[String]) -> Result<(), CliError> {
+async fn tidy(ctx: &Ctx, vendors: &[String], refresh_firewall: bool) -> Result<(), CliError> {
     let mut first_err = None;
     let mut bridges = Vec::new();
     if let Ok(rd) = std::fs::read_dir(ctx.net()) {
@@ -406,7 +417,7 @@ async fn tidy(ctx: &Ctx, vendors: &[String]) -> Result<(), CliError> {
             let _ = std::fs::remove_dir(h.join(&ctx.cgroup_parent).join(vendor));
         }
     }
-    if bridges_changed {
+    if bridges_changed || (refresh_firewall && !bridges.is_empty()) {
         if let Err(e) = apply_firewall(ctx).await {
             first_err.get_or_insert(e);
         }
@@ -714,7 +725,7 @@ async fn create_locked(
         Ok(j) => j,
         Err(e) => {
             remove_overlay(ctx, name);
-            let _ = tidy(ctx, &vendors).await;
+            let _ = tidy(ctx, &vendors, false).await;
             return Err(jail_err(e));
         }
     };
@@ -722,7 +733,7 @@ async fn create_locked(
         if let Err(e) = apply_firewall(ctx).await {
             let _ = jail.delete().await;
             remove_overlay(ctx, name);
-            let _ = tidy(ctx, &vendors).await;
+            let _ = tidy(ctx, &vendors, false).await;
             return Err(e);
         }
     }
@@ -754,7 +765,7 @@ async fn cmd_run(
         let _lock = lock_state(ctx, true).await?;
         let r = jail.delete().await.map_err(jail_err);
         remove_overlay(ctx, name);
-        let t = tidy(ctx, &[vendor]).await;
+        let t = tidy(ctx, &[vendor], false).await;
         r.and(t)
     };
     let rec = outcome?;

@@ -112,6 +112,38 @@ pub fn bridge_name(vendor: &str) -> String {
     format!("berth-{vendor}")
 }
 
+/// 32-bit FNV-1a, as berth uses for derived names.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The nftables table berth keeps for a (non-default) state dir:
+/// `berth-` and the FNV-1a hash of its absolute path.
+pub fn nft_table_name(state_dir: &Path) -> String {
+    format!(
+        "berth-{:08x}",
+        fnv1a(state_dir.as_os_str().as_encoded_bytes())
+    )
+}
+
+/// Whether table `inet NAME` exists (asks `nft`; `None` if nft is missing).
+pub fn nft_table_exists(name: &str) -> Option<bool> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == format!("table inet {name}")),
+    )
+}
+
 /// Mount lines of /proc/self/mountinfo whose mount point or source mentions
 /// `dir`.
 pub fn mounts_mentioning(dir: &Path) -> Vec<String> {

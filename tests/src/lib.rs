@@ -296,6 +296,10 @@ impl TestEnv {
         for m in host::mounts_mentioning(self.dir.path()) {
             problems.push(format!("mount {m}"));
         }
+        let table = host::nft_table_name(&self.state_dir);
+        if host::nft_table_exists(&table) == Some(true) {
+            problems.push(format!("nftables table inet {table}"));
+        }
         for ns in host::named_netns() {
             if ns.contains(&self.tag) || ns.contains(&self.id) {
                 problems.push(format!("netns {ns}"));
@@ -345,6 +349,12 @@ impl Drop for TestEnv {
             if link.contains(&format!("v{}", self.tag)) {
                 let _ = Command::new("ip").args(["link", "del", &link]).status();
             }
+        }
+        let table = host::nft_table_name(&self.state_dir);
+        if host::nft_table_exists(&table) == Some(true) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &table])
+                .status();
         }
     }
 }

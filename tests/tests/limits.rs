@@ -108,7 +108,8 @@ fn cpu_hog_is_held_to_cpus() {
         ticks <= 130,
         "loops used {ticks} ticks in 2 s under --cpus 0.5"
     );
-    assert!(ticks >= 40, "loops barely ran: {ticks} ticks");
+    // The floor only shows the loops ran at all (the machine may be busy).
+    assert!(ticks >= 10, "loops barely ran: {ticks} ticks");
     env.assert_no_leftovers(&[]);
 }
 

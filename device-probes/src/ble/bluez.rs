@@ -41,6 +41,9 @@ struct Dev {
     advert: Advert,
     last_seen: Instant,
     reported: bool,
+    /// What was last sent, so the RSSI chatter of a present device does
+    /// not reach the merger (and its flood limit) as repeats.
+    last_sent: Option<crate::event::Observation>,
 }
 
 /// Why a session ended.
@@ -230,6 +233,7 @@ async fn session_inner(
                 advert,
                 last_seen: now,
                 reported: false,
+                last_sent: None,
             });
             if present && !report(cfg, emitter, d).await {
                 return Ok(SessionEnd::Shutdown);
@@ -260,6 +264,7 @@ async fn session_inner(
                 for d in devs.values_mut() {
                     if d.reported && now.duration_since(d.last_seen) >= cfg.gone_after {
                         d.reported = false;
+                        d.last_sent = None;
                         if !emitter.gone(Transport::Ble, d.advert.address.clone()).await {
                             return Ok(SessionEnd::Shutdown);
                         }
@@ -271,6 +276,17 @@ async fn session_inner(
             }
         }
     };
+    if cfg.discover {
+        let _ = call(
+            conn,
+            BLUEZ,
+            adapter.as_str(),
+            ADAPTER_IFACE,
+            "StopDiscovery",
+            &(),
+        )
+        .await;
+    }
     for d in devs.values() {
         if d.reported {
             emitter.gone(Transport::Ble, d.advert.address.clone()).await;
@@ -320,6 +336,7 @@ async fn on_signal(
                 advert: Advert::default(),
                 last_seen: Instant::now(),
                 reported: false,
+                last_sent: None,
             });
             apply(&mut d.advert, props);
             d.last_seen = Instant::now();
@@ -364,7 +381,11 @@ async fn on_signal(
 async fn report(cfg: &BleConfig, emitter: &Emitter, d: &mut Dev) -> bool {
     match observe(&d.advert, &cfg.rules, &cfg.keys) {
         Ok(Some(obs)) => {
+            if d.reported && d.last_sent.as_ref() == Some(&obs) {
+                return true;
+            }
             d.reported = true;
+            d.last_sent = Some(obs.clone());
             emitter.seen(obs).await
         }
         Ok(None) => true,

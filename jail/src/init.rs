@@ -20,9 +20,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::stat::{mknod, Mode as FileMode, SFlag};
+use nix::sys::stat::{mkdirat, mknodat, Mode as FileMode, SFlag};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
@@ -347,41 +348,118 @@ fn ms(bits: u64) -> MsFlags {
     MsFlags::from_bits_truncate(bits as libc::c_ulong)
 }
 
-/// Joins an in-jail absolute path onto the new root and checks that, after
-/// resolving symlinks of the rootfs, it is still inside it (a hostile image
-/// may hold `data -> /etc` to aim a mount at the host).
-fn in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
-    let rel = p.trim_start_matches('/');
-    let full = root.join(rel);
-    if let Ok(c) = fs::canonicalize(&full) {
-        if !c.starts_with(root) {
-            return Err(StepError(format!(
-                "resolve {p}: leaves the jail root through a symlink ({})",
-                c.display()
-            )));
+/// What [`ensure_in_root`] creates when the last component is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// A path inside the new root, held as an `O_PATH` fd. Mount through
+/// [`InRoot::path`] (`/proc/self/fd/N`): the kernel then uses the object
+/// the fd refers to and resolves nothing again, so a symlink swapped in
+/// after the check cannot redirect the mount (runc's approach).
+#[derive(Debug)]
+struct InRoot {
+    /// Keeps `path` valid.
+    _fd: OwnedFd,
+    /// `/proc/self/fd/N`.
+    path: PathBuf,
+    /// The in-jail path, for messages.
+    name: String,
+}
+
+impl InRoot {
+    fn new(fd: OwnedFd, name: &str) -> InRoot {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        InRoot {
+            _fd: fd,
+            path,
+            name: name.to_owned(),
         }
-        return Ok(c);
     }
-    Ok(full)
 }
 
-fn mkdir_in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
-    let t = in_root(root, p)?;
-    step(fs::create_dir_all(&t), || format!("mkdir {p}"))?;
-    in_root(root, p)
+/// openat2(2) of `rel` below `root` with `RESOLVE_IN_ROOT`: every symlink
+/// (absolute ones included) and `..` resolve as if `root` were `/`, so a
+/// hostile image holding `data -> /etc` leads to `<root>/etc`, never to
+/// the host's `/etc`.
+fn resolve_in(root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root.as_fd(), if rel.is_empty() { "." } else { rel }, how)
 }
 
-fn touch_in_root(root: &Path, p: &str) -> Result<PathBuf, StepError> {
-    let t = in_root(root, p)?;
-    if let Some(parent) = t.parent() {
-        step(fs::create_dir_all(parent), || {
-            format!("mkdir parent of {p}")
+/// Opens in-jail path `p` below `root`, creating what is missing (every
+/// directory, and the last component as `kind`) one component at a time
+/// inside the root, like `mkdir -p` confined by `RESOLVE_IN_ROOT`. A
+/// dangling symlink on the way is refused rather than followed.
+fn ensure_in_root(root: &OwnedFd, p: &str, kind: Kind) -> Result<InRoot, StepError> {
+    let comps: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    match resolve_in(root, &comps.join("/")) {
+        Ok(fd) => return Ok(InRoot::new(fd, p)),
+        Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(StepError(format!("resolve {p} in the jail root: {e}"))),
+    }
+    let mut parent = step(resolve_in(root, ""), || "open the jail root".into())?;
+    for (i, c) in comps.iter().enumerate() {
+        let prefix = comps[..=i].join("/");
+        match resolve_in(root, &prefix) {
+            Ok(fd) => {
+                parent = fd;
+                continue;
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(StepError(format!(
+                    "resolve /{prefix} in the jail root: {e}"
+                )))
+            }
+        }
+        let made = if kind == Kind::File && i + 1 == comps.len() {
+            openat(
+                parent.as_fd(),
+                *c,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
+                FileMode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+        } else {
+            mkdirat(parent.as_fd(), *c, FileMode::from_bits_truncate(0o755))
+        };
+        match made {
+            Ok(()) => {}
+            // ENOENT above but EEXIST here: a dangling symlink.
+            Err(nix::errno::Errno::EEXIST) => {
+                return Err(StepError(format!(
+                    "create /{prefix} in the jail root: a dangling symlink is in the way"
+                )))
+            }
+            Err(e) => return Err(StepError(format!("create /{prefix} in the jail root: {e}"))),
+        }
+        parent = step(resolve_in(root, &prefix), || {
+            format!("resolve /{prefix} in the jail root")
         })?;
     }
-    if !t.exists() {
-        step(fs::File::create(&t), || format!("create {p}"))?;
-    }
-    in_root(root, p)
+    Ok(InRoot::new(parent, p))
+}
+
+/// Reopens `p` below `root` (after a mount on it, to get the new mount's
+/// root rather than the covered directory).
+fn reopen_in_root(root: &OwnedFd, p: &str) -> Result<InRoot, StepError> {
+    let rel = p.trim_start_matches('/');
+    let fd = step(resolve_in(root, rel), || {
+        format!("resolve {p} in the jail root")
+    })?;
+    Ok(InRoot::new(fd, p))
 }
 
 fn mnt(
@@ -394,6 +472,21 @@ fn mnt(
 ) -> Result<(), StepError> {
     step(mount(src, target, fstype, flags, data), || {
         format!("mount {what} on {}", target.display())
+    })
+}
+
+/// [`mnt`] onto a path held by an [`InRoot`]; messages name the in-jail
+/// path.
+fn mnt_at(
+    src: Option<&str>,
+    target: &InRoot,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), StepError> {
+    step(mount(src, &target.path, fstype, flags, data), || {
+        format!("mount {what} on {}", target.name)
     })
 }
 
@@ -462,26 +555,33 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
             )?;
         }
     }
-    // Resolve symlinks of the scratch path itself once.
-    let root = step(fs::canonicalize(&root), || {
-        format!("resolve {}", root.display())
-    })?;
+    // Every later mount point is resolved inside the new root through
+    // this fd (RESOLVE_IN_ROOT), never by a path string.
+    let rootfd = step(
+        nix::fcntl::open(
+            &root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        ),
+        || format!("open {}", root.display()),
+    )?;
 
     for m in &plan.mounts {
         let flags = ms(m.flags);
         let is_bind = flags.contains(MsFlags::MS_BIND);
-        let target = if is_bind
+        let kind = if is_bind
             && fs::metadata(&m.source)
                 .map(|md| !md.is_dir())
                 .unwrap_or(false)
         {
-            touch_in_root(&root, &m.destination)?
+            Kind::File
         } else {
-            mkdir_in_root(&root, &m.destination)?
+            Kind::Dir
         };
+        let target = ensure_in_root(&rootfd, &m.destination, kind)?;
         let data = (!m.data.is_empty()).then_some(m.data.as_str());
         if is_bind {
-            mnt(
+            mnt_at(
                 Some(&m.source),
                 &target,
                 None,
@@ -489,21 +589,8 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
                 None,
                 &format!("bind {}", m.source),
             )?;
-            if flags.contains(MsFlags::MS_RDONLY) {
-                mnt(
-                    None,
-                    &target,
-                    None,
-                    MsFlags::MS_REMOUNT
-                        | MsFlags::MS_BIND
-                        | MsFlags::MS_RDONLY
-                        | (flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)),
-                    None,
-                    &format!("read-only remount of {}", m.destination),
-                )?;
-            }
         } else {
-            mnt(
+            mnt_at(
                 Some(&m.source),
                 &target,
                 Some(&m.fstype),
@@ -512,14 +599,30 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
                 &m.fstype,
             )?;
         }
+        // The fd still names the covered directory: reopen to reach the
+        // new mount for the remount and the propagation change.
+        let mounted = reopen_in_root(&rootfd, &m.destination)?;
+        if is_bind && flags.contains(MsFlags::MS_RDONLY) {
+            mnt_at(
+                None,
+                &mounted,
+                None,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_BIND
+                    | MsFlags::MS_RDONLY
+                    | (flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)),
+                None,
+                "read-only remount",
+            )?;
+        }
         if m.propagation != 0 {
-            mnt(None, &target, None, ms(m.propagation), None, "propagation")?;
+            mnt_at(None, &mounted, None, ms(m.propagation), None, "propagation")?;
         }
     }
 
     // /proc of the new pid namespace.
-    let proc_dir = mkdir_in_root(&root, "/proc")?;
-    mnt(
+    let proc_dir = ensure_in_root(&rootfd, "/proc", Kind::Dir)?;
+    mnt_at(
         Some("proc"),
         &proc_dir,
         Some("proc"),
@@ -529,10 +632,18 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
     )?;
     // /sys read-only. In a user namespace sysfs may be refused: fall back
     // to a read-only recursive bind.
-    let sys_dir = mkdir_in_root(&root, "/sys")?;
+    let sys_dir = ensure_in_root(&rootfd, "/sys", Kind::Dir)?;
     let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
-    if mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None::<&str>).is_err() {
-        mnt(
+    if mount(
+        Some("sysfs"),
+        &sys_dir.path,
+        Some("sysfs"),
+        ro,
+        None::<&str>,
+    )
+    .is_err()
+    {
+        mnt_at(
             Some("/sys"),
             &sys_dir,
             None,
@@ -540,7 +651,8 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
             None,
             "bind /sys",
         )?;
-        mnt(
+        let sys_dir = reopen_in_root(&rootfd, "/sys")?;
+        mnt_at(
             None,
             &sys_dir,
             None,
@@ -550,7 +662,7 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
         )?;
     }
 
-    setup_dev(&root, plan)?;
+    setup_dev(&rootfd, plan)?;
 
     // pivot_root(".", ".") then detach the old root: the runc idiom that
     // needs no scratch directory (pivot_root(2), NOTES).
@@ -632,50 +744,55 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
 /// Minimal /dev on tmpfs: standard nodes bound from the host (works in a
 /// user namespace, where mknod is refused), devpts with its own ptmx,
 /// /dev/shm, the std symlinks, and the spec's devices.
-fn setup_dev(root: &Path, plan: &CreatePlan) -> Result<(), StepError> {
-    let dev = mkdir_in_root(root, "/dev")?;
-    mnt(
+fn setup_dev(root: &OwnedFd, plan: &CreatePlan) -> Result<(), StepError> {
+    let dev = ensure_in_root(root, "/dev", Kind::Dir)?;
+    mnt_at(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
-        "tmpfs /dev",
+        "tmpfs",
     )?;
+    // The fresh tmpfs holds only what we make below, so plain joins onto
+    // its fd path are safe.
+    let dev = reopen_in_root(root, "/dev")?;
+    let at = |name: &str| dev.path.join(name);
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let host = format!("/dev/{name}");
-        let target = dev.join(name);
-        step(fs::File::create(&target), || {
-            format!("create {}", target.display())
-        })?;
-        mnt(
-            Some(&host),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-            &format!("bind {host}"),
+        step(fs::File::create(at(name)), || format!("create /dev/{name}"))?;
+        step(
+            mount(
+                Some(host.as_str()),
+                &at(name),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+            || format!("mount bind {host} on /dev/{name}"),
         )?;
     }
-    let pts = dev.join("pts");
-    step(fs::create_dir(&pts), || format!("mkdir {}", pts.display()))?;
-    mnt(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-        "devpts",
+    step(fs::create_dir(at("pts")), || "mkdir /dev/pts".into())?;
+    step(
+        mount(
+            Some("devpts"),
+            &at("pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        || "mount devpts on /dev/pts".into(),
     )?;
-    let shm = dev.join("shm");
-    step(fs::create_dir(&shm), || format!("mkdir {}", shm.display()))?;
-    mnt(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-        "tmpfs /dev/shm",
+    step(fs::create_dir(at("shm")), || "mkdir /dev/shm".into())?;
+    step(
+        mount(
+            Some("shm"),
+            &at("shm"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        ),
+        || "mount tmpfs on /dev/shm".into(),
     )?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -684,15 +801,15 @@ fn setup_dev(root: &Path, plan: &CreatePlan) -> Result<(), StepError> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        let l = dev.join(link);
-        step(std::os::unix::fs::symlink(to, &l), || {
-            format!("symlink {}", l.display())
+        step(std::os::unix::fs::symlink(to, at(link)), || {
+            format!("symlink /dev/{link}")
         })?;
     }
     for d in &plan.devices {
-        let target = touch_in_root(root, &d.path)?;
         if plan.userns {
-            mnt(
+            // mknod is refused in a user namespace: bind the host node.
+            let target = ensure_in_root(root, &d.path, Kind::File)?;
+            mnt_at(
                 Some(&d.path),
                 &target,
                 None,
@@ -701,15 +818,35 @@ fn setup_dev(root: &Path, plan: &CreatePlan) -> Result<(), StepError> {
                 &format!("bind {}", d.path),
             )?;
         } else {
-            let _ = fs::remove_file(&target);
+            let (parent, name) = match d.path.rsplit_once('/') {
+                Some((p, n)) if !n.is_empty() => (p, n),
+                _ => return Err(StepError(format!("mknod {}: not a file path", d.path))),
+            };
+            let dir = ensure_in_root(
+                root,
+                if parent.is_empty() { "/" } else { parent },
+                Kind::Dir,
+            )?;
+            // A node of the rootfs at that path is replaced (never
+            // followed: unlinkat removes a symlink itself).
+            let dirfd = step(
+                nix::fcntl::open(
+                    &dir.path,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    FileMode::empty(),
+                ),
+                || format!("open {parent}"),
+            )?;
+            let _ = nix::unistd::unlinkat(&dirfd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
             let kind = if d.kind == 'b' {
                 SFlag::S_IFBLK
             } else {
                 SFlag::S_IFCHR
             };
             step(
-                mknod(
-                    &target,
+                mknodat(
+                    &dirfd,
+                    name,
                     kind,
                     FileMode::from_bits_truncate(0o666),
                     nix::sys::stat::makedev(d.major.into(), d.minor.into()),
@@ -734,17 +871,61 @@ mod tests {
         assert_eq!(resolve("no-such-binary-here", &env), "no-such-binary-here");
     }
 
+    fn open_dir(p: &Path) -> OwnedFd {
+        nix::fcntl::open(
+            p,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn in_root_refuses_symlink_escape() {
+    fn mount_points_never_leave_the_root_through_symlinks() {
+        let host = tempfile::tempdir().unwrap();
+        let host = fs::canonicalize(host.path()).unwrap();
         let d = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(d.path()).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("data")).unwrap();
-        let e = in_root(&root, "/data").unwrap_err().to_string();
-        assert!(
-            e.starts_with("resolve /data: leaves the jail root through a symlink"),
-            "{e}"
+        // A hostile image: absolute and relative links aimed at the host.
+        // The image has the same directory, so the link resolves in it.
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        fs::create_dir_all(&inside).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("data")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("up")).unwrap();
+        let rootfd = open_dir(&root);
+
+        let t = ensure_in_root(&rootfd, "/data/sub", Kind::Dir).unwrap();
+        assert_eq!(t.name, "/data/sub");
+        let t = ensure_in_root(&rootfd, "/up/etc/berth-probe", Kind::File).unwrap();
+        assert!(fs::metadata(&t.path).unwrap().is_file());
+
+        // Nothing appeared on the host side; both landed inside the root.
+        assert_eq!(fs::read_dir(&host).unwrap().count(), 0);
+        let inside = inside.join("sub");
+        assert!(inside.is_dir(), "{}", inside.display());
+        assert!(root.join("etc/berth-probe").is_file());
+        // The fd path names the object inside the root.
+        let t = ensure_in_root(&rootfd, "/data/sub", Kind::Dir).unwrap();
+        assert_eq!(fs::read_link(&t.path).unwrap(), inside);
+    }
+
+    #[test]
+    fn dangling_symlink_in_the_way_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(d.path()).unwrap();
+        std::os::unix::fs::symlink("/nowhere/x", root.join("dangling")).unwrap();
+        let rootfd = open_dir(&root);
+        let e = ensure_in_root(&rootfd, "/dangling", Kind::Dir)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "create /dangling in the jail root: a dangling symlink is in the way"
         );
+        assert!(!Path::new("/nowhere").exists());
+        // Existing paths resolve; "." and empty components are skipped.
         fs::create_dir(root.join("ok")).unwrap();
-        assert_eq!(in_root(&root, "/ok").unwrap(), root.join("ok"));
+        let t = ensure_in_root(&rootfd, "//./ok/", Kind::Dir).unwrap();
+        assert_eq!(fs::read_link(&t.path).unwrap(), root.join("ok"));
     }
 }

@@ -826,3 +826,51 @@ fn passed_device_works_and_others_are_refused() {
     });
     assert_no_leaks(&spec);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn mount_destinations_resolve_inside_the_rootfs() {
+    let env = Env::new();
+    // A hostile image: `/data` is an absolute symlink naming a host
+    // directory; the image also has that path, so in-root resolution has
+    // somewhere to land.
+    let host = env.tmp.path().join("host-side");
+    std::fs::create_dir(&host).unwrap();
+    let inside = env.rootfs().join(host.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::os::unix::fs::symlink(&host, env.rootfs().join("data")).unwrap();
+    let probe = env.tmp.path().join("probe.txt");
+    std::fs::write(&probe, "bound-file").unwrap();
+    let mut oci = oci_spec(
+        &env.rootfs(),
+        "echo x > /data/sub/w && cat /data/probe && grep -c ' tmpfs ' /proc/mounts >/dev/null",
+    );
+    let mounts: Vec<oci_spec::runtime::Mount> = serde_json::from_value(serde_json::json!([
+        {"destination": "/data/sub", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
+        {"destination": "/data/probe", "type": "bind", "source": probe, "options": ["bind", "ro"]}
+    ]))
+    .unwrap();
+    oci.set_mounts(Some(mounts));
+    let spec = JailSpec::from_oci(&oci, &env.opts(&unique("link"))).unwrap();
+    let log = env
+        .state_root()
+        .join(spec.name.as_str())
+        .join("console.log");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let r = j.wait().await.unwrap();
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(r.code, 0, "{out}");
+        assert_eq!(out, "bound-file");
+        j.delete().await.unwrap();
+    });
+    // The host directory the link names stayed untouched; the mount
+    // points were made inside the rootfs.
+    let left: Vec<_> = std::fs::read_dir(&host).unwrap().flatten().collect();
+    assert!(left.is_empty(), "host side touched: {left:?}");
+    assert!(inside.join("sub").is_dir());
+    assert!(inside.join("probe").is_file());
+    assert_no_leaks(&spec);
+}

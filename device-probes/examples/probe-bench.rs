@@ -12,6 +12,9 @@
 //!
 //! Needs socat, mosquitto, dbus-daemon and /usr/bin/python3 with dbusmock.
 //! Run: `cargo run --release -p device-probes --example probe-bench`.
+//! The release profile aborts on panic, so a failed run cannot end its
+//! peers (mosquitto, dbus-daemon, dbusmock, socat) through their guards:
+//! after a failure, end them by the PIDs the run left.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]

@@ -10,6 +10,15 @@
 //! Layout: [`event`] (shared types), [`rules`] (vendor rules and the ignore
 //! list), [`merger`] (the merged stream), [`announce`] (native announces
 //! to identities), [`serial`], [`ble`] and [`mqtt`] (the sources).
+//!
+//! Tests run against real peers, no hardware: socat pty pairs with a fake
+//! device, a fake sysfs tree, udev-format uevents in a private network
+//! namespace (root only, marked ignored), mosquitto on a loopback port, and
+//! python-dbusmock's bluez5 template on a private dbus-daemon. They need
+//! the Debian packages socat, mosquitto, dbus and python3-dbusmock; a
+//! missing one fails the test with `precondition missing: ...`.
+//! `examples/probe-bench.rs` measures detection latency and MQTT
+//! throughput against the same peers.
 #![forbid(unsafe_code)]
 
 pub mod announce;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod image;

@@ -1,0 +1,347 @@
+//! The provisioning client: berthd's side of `docs/provisioning.md` towards
+//! one vendor of the registry.
+//!
+//! - `POST <url>/v1/provision`, body a CBOR [`ProvisionRequest`]; the answer
+//!   is a signed plan (COSE_Sign1);
+//! - `GET <url>/v1/plans/<id>` with `If-None-Match`: `304` when the plan did
+//!   not change, else the signed plan and its `ETag`;
+//! - `POST <url>/v1/reports`, body a CBOR [`Report`].
+//!
+//! HTTPS is rustls with the ring provider (trusting the vendor's CA file
+//! when the registry names one, else the web PKI roots); plain HTTP only to
+//! loopback, as the configuration checked. Redirects are never followed
+//! (the gateway talks only to the server the registry lists), every request
+//! has a timeout and every body a size limit checked while it streams.
+
+use std::time::Duration;
+
+use protocol::provision::signed::MAX_SIGNED_PLAN;
+use protocol::provision::{CborMessage, ProvisionRequest, Report, SignedPlan};
+
+use super::config::VendorSpec;
+
+/// Largest error body kept for a message.
+const MAX_ERROR_BODY: usize = 512;
+
+/// A provisioning exchange that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client could not be set up (CA file).
+    #[error("vendor {vendor}: {reason}")]
+    Setup {
+        /// Vendor.
+        vendor: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The request did not complete (connect, TLS, timeout).
+    #[error("vendor {vendor}: {what} {url}: {reason}")]
+    Transport {
+        /// Vendor.
+        vendor: String,
+        /// Which call.
+        what: &'static str,
+        /// URL.
+        url: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The server answered with an error status.
+    #[error("vendor {vendor}: {what} {url}: HTTP {status}: {body}")]
+    Status {
+        /// Vendor.
+        vendor: String,
+        /// Which call.
+        what: &'static str,
+        /// URL.
+        url: String,
+        /// Status code.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+    /// The answer is larger than allowed.
+    #[error("vendor {vendor}: {what} {url}: answer exceeds {max} bytes")]
+    TooLarge {
+        /// Vendor.
+        vendor: String,
+        /// Which call.
+        what: &'static str,
+        /// URL.
+        url: String,
+        /// Limit.
+        max: usize,
+    },
+    /// A message could not be encoded.
+    #[error("vendor {vendor}: cannot encode {what}: {reason}")]
+    Encode {
+        /// Vendor.
+        vendor: String,
+        /// Which message.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether retrying later may help (transport errors, 5xx, 429).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// What `GET /v1/plans/<id>` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// `304 Not Modified`.
+    Unchanged,
+    /// A signed plan (unverified) and its ETag.
+    Plan {
+        /// COSE_Sign1 bytes.
+        bytes: Vec<u8>,
+        /// The ETag header, if any.
+        etag: Option<String>,
+    },
+}
+
+/// A client for one vendor.
+#[derive(Debug, Clone)]
+pub struct VendorClient {
+    vendor: String,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl VendorClient {
+    /// Builds the client of `spec`; every request is bounded by `timeout`.
+    pub fn new(spec: &VendorSpec, timeout: Duration) -> Result<VendorClient, ClientError> {
+        let setup = |reason: String| ClientError::Setup {
+            vendor: spec.id.clone(),
+            reason,
+        };
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("berthd/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &spec.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("ca_file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "ca_file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| setup(format!("cannot build the https client: {e}")))?;
+        Ok(VendorClient {
+            vendor: spec.id.clone(),
+            base: spec.url.clone(),
+            http,
+        })
+    }
+
+    /// The vendor.
+    pub fn vendor(&self) -> &str {
+        &self.vendor
+    }
+
+    /// `POST /v1/provision`: returns the signed plan's bytes (unverified).
+    pub async fn provision(&self, req: &ProvisionRequest) -> Result<Vec<u8>, ClientError> {
+        let what = "POST";
+        let url = format!("{}/v1/provision", self.base);
+        let body = req.to_cbor().map_err(|e| ClientError::Encode {
+            vendor: self.vendor.clone(),
+            what: "provisioning request",
+            reason: e.to_string(),
+        })?;
+        let resp = self
+            .http
+            .post(&url)
+            .header("content-type", protocol::provision::CBOR_CONTENT_TYPE)
+            .header("accept", protocol::provision::COSE_CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(what, &url, e))?;
+        let resp = self.ok(what, &url, resp).await?;
+        self.body(what, &url, resp, MAX_SIGNED_PLAN).await
+    }
+
+    /// `GET /v1/plans/<id>` with `If-None-Match: etag`.
+    pub async fn fetch_plan(
+        &self,
+        plan_id: &str,
+        etag: Option<&str>,
+    ) -> Result<Fetched, ClientError> {
+        let what = "GET";
+        // Plan ids are `[A-Za-z0-9._-]` (checked when the plan verified),
+        // so the id is a safe path segment.
+        let url = format!("{}/v1/plans/{plan_id}", self.base);
+        let mut rb = self
+            .http
+            .get(&url)
+            .header("accept", protocol::provision::COSE_CONTENT_TYPE);
+        if let Some(t) = etag {
+            rb = rb.header("if-none-match", t);
+        }
+        let resp = rb.send().await.map_err(|e| self.transport(what, &url, e))?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::Unchanged);
+        }
+        let resp = self.ok(what, &url, resp).await?;
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = self.body(what, &url, resp, MAX_SIGNED_PLAN).await?;
+        Ok(Fetched::Plan { bytes, etag })
+    }
+
+    /// `POST /v1/reports`.
+    pub async fn report(&self, report: &Report) -> Result<(), ClientError> {
+        let what = "POST";
+        let url = format!("{}/v1/reports", self.base);
+        let body = report.to_cbor().map_err(|e| ClientError::Encode {
+            vendor: self.vendor.clone(),
+            what: "report",
+            reason: e.to_string(),
+        })?;
+        let resp = self
+            .http
+            .post(&url)
+            .header("content-type", protocol::provision::CBOR_CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(what, &url, e))?;
+        self.ok(what, &url, resp).await?;
+        Ok(())
+    }
+
+    fn transport(&self, what: &'static str, url: &str, e: reqwest::Error) -> ClientError {
+        // reqwest's Display hides the cause chain; walk it for the reason.
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason.push_str(": ");
+            reason.push_str(&s.to_string());
+            src = s.source();
+        }
+        ClientError::Transport {
+            vendor: self.vendor.clone(),
+            what,
+            url: url.to_string(),
+            reason,
+        }
+    }
+
+    async fn ok(
+        &self,
+        what: &'static str,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = self
+            .body(what, url, resp, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let text = protocol::provision::report::truncate(&text, MAX_ERROR_BODY);
+        Err(ClientError::Status {
+            vendor: self.vendor.clone(),
+            what,
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: text.trim().to_string(),
+        })
+    }
+
+    async fn body(
+        &self,
+        what: &'static str,
+        url: &str,
+        mut resp: reqwest::Response,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let too_large = || ClientError::TooLarge {
+            vendor: self.vendor.clone(),
+            what,
+            url: url.to_string(),
+            max,
+        };
+        if resp.content_length().is_some_and(|l| l > max as u64) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport(what, url, e))?
+        {
+            if out.len() + chunk.len() > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+/// Why a plan was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanRefused {
+    /// Signature, format or vendor.
+    #[error("{0}")]
+    Plan(#[from] protocol::provision::PlanError),
+    /// The plan is for another device.
+    #[error("plan {plan_id} is for device {model}/{serial}, not for this one")]
+    OtherDevice {
+        /// Plan id.
+        plan_id: String,
+        /// Its model.
+        model: String,
+        /// Its serial.
+        serial: String,
+    },
+}
+
+/// Verifies signed plan bytes against the registry's key for `vendor` and
+/// checks it names the device (`model`, `serial`).
+pub fn verify(
+    bytes: &[u8],
+    spec: &VendorSpec,
+    model: &str,
+    serial: &str,
+) -> Result<SignedPlan, PlanRefused> {
+    let sp = SignedPlan::verify(bytes, &spec.key, &spec.id)?;
+    if !sp.plan.applies_to(&spec.id, model, serial) {
+        return Err(PlanRefused::OtherDevice {
+            plan_id: sp.plan.plan_id.clone(),
+            model: sp.plan.model.clone(),
+            serial: sp.plan.serial.clone(),
+        });
+    }
+    Ok(sp)
+}

@@ -1,0 +1,130 @@
+//! Detection inside the daemon: the configured sources (serial, MQTT, BLE)
+//! feed their observations straight to the daemon, which needs the raw
+//! announce bytes (the merged device stream does not carry them): each
+//! native announce becomes a device record and goes to
+//! [`super::engine::Daemon::device_seen`]. Observations without an announce
+//! (Home Assistant, Zigbee2MQTT, bare USB ids) carry no vendor endpoint and
+//! no device signature, so they are not provisioned.
+
+use std::sync::Arc;
+
+use device_probes::event::{Drops, SourceEvent};
+use device_probes::merger::Emitter;
+use device_probes::rules::Rules;
+use device_probes::{ble, mqtt, serial};
+use tokio::sync::mpsc;
+
+use super::engine::{stopped, Daemon};
+use super::state::DeviceRecord;
+
+/// Runs the sources until shutdown.
+pub async fn run(d: Arc<Daemon>) {
+    let cfg = d.config().detect.clone();
+    let rules = match &cfg.rules {
+        Some(p) => match Rules::load(p) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "detection rules not loaded; detection is off");
+                return;
+            }
+        },
+        None => Rules::default(),
+    };
+    let rules = Arc::new(rules);
+    let drops = Arc::new(Drops::default());
+    let (tx, mut rx) = mpsc::channel(256);
+    let emitter = Emitter::new(tx, drops);
+    let stop = d.shutdown();
+    let mut sources = tokio::task::JoinSet::new();
+    if !cfg.serial.is_empty() {
+        let scfg = serial::SerialConfig {
+            explicit: cfg.serial.clone(),
+            rules: rules.clone(),
+            ..serial::SerialConfig::default()
+        };
+        let (e, s) = (emitter.clone(), stop.clone());
+        sources.spawn(async move {
+            (
+                "serial",
+                serial::run(scfg, e, s).await.map_err(|e| e.to_string()),
+            )
+        });
+    }
+    if let Some((host, port)) = &cfg.mqtt {
+        let mut mcfg = mqtt::MqttConfig::new(host, *port);
+        mcfg.client_id = format!("berthd-{}", std::process::id());
+        mcfg.rules = rules.clone();
+        let (e, s) = (emitter.clone(), stop.clone());
+        sources.spawn(async move {
+            (
+                "mqtt",
+                mqtt::run(mcfg, e, s).await.map_err(|e| e.to_string()),
+            )
+        });
+    }
+    if cfg.ble {
+        let bcfg = ble::BleConfig {
+            rules: rules.clone(),
+            ..ble::BleConfig::default()
+        };
+        let (e, s) = (emitter.clone(), stop.clone());
+        sources
+            .spawn(async move { ("ble", ble::run(bcfg, e, s).await.map_err(|e| e.to_string())) });
+    }
+    drop(emitter);
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            // Cancel-safe: recv and join_next lose nothing when another
+            // branch wins; wait_for only reads the watch.
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                if let Some((dev, endpoint)) = record_of(&ev) {
+                    if let Err(e) = d.device_seen(dev, &endpoint).await {
+                        tracing::error!(error = %e, "cannot record a device");
+                    }
+                }
+            }
+            Some(done) = sources.join_next() => {
+                match done {
+                    Ok((name, Err(e))) => tracing::error!(source = name, error = %e, "detection source failed"),
+                    Ok((name, Ok(()))) => tracing::info!(source = name, "detection source stopped"),
+                    Err(e) => tracing::error!(error = %e, "detection source panicked"),
+                }
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while sources.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// The device record of an observation that carries a native announce,
+/// and the endpoint the announce names.
+pub fn record_of(ev: &SourceEvent) -> Option<(DeviceRecord, String)> {
+    let SourceEvent::Seen(obs) = ev else {
+        return None;
+    };
+    let bytes = obs.announce.as_ref()?;
+    let a = match protocol::Announce::decode(bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, address = obs.address.as_str(), "undecodable announce");
+            return None;
+        }
+    };
+    Some((
+        DeviceRecord {
+            vendor: a.vendor().to_string(),
+            model: a.model().to_string(),
+            serial: a.serial().to_string(),
+            firmware: a.firmware().to_string(),
+            transport: obs.transport.to_string(),
+            address: obs.address.clone(),
+            announce: bytes.clone(),
+        },
+        a.endpoint().to_string(),
+    ))
+}

@@ -1,0 +1,422 @@
+//! From a verified plan and its pulled image to a `jail::JailSpec`, and the
+//! host-side housekeeping around a jail (overlay dirs, volumes, the vendor
+//! bridge).
+//!
+//! Names: a plan version runs in the jail `<vendor>-<jail>-<version>`
+//! (shortened with a hash to the runtime's 32 bytes). An update builds the
+//! new version beside the old one (each jail has its own network
+//! namespace, so ports do not clash), validates it, and only then removes
+//! the old one; a failed update removes the new one and the old never
+//! stopped.
+//!
+//! State dir layout (shared with `berth jail`):
+//!
+//! ```text
+//! jails/<name>/            the jail runtime's per-jail state
+//! net/<bridge>.addrs       vendor bridge address allocators
+//! overlay/<name>/          upper and work dirs of a jail's rootfs
+//! data/<vendor>/<jail>/<volume>/   persistent volumes, kept across versions
+//! images/                  the image store
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jail::{Console, JailOptions, JailSpec, NetOptions, RootfsOptions};
+use protocol::provision::{App, Plan};
+
+use crate::image::ImageRootfs;
+use crate::net;
+
+/// Environment every app starts with (the image's and the plan's are added).
+const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+];
+
+/// Where a serial device shows inside its vendor's jail.
+pub const SERIAL_IN_JAIL: &str = "/dev/berth-serial0";
+
+/// Paths of a state dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The state dir.
+    pub state_dir: PathBuf,
+    /// Cgroup parent of jails.
+    pub cgroup_parent: String,
+}
+
+impl Layout {
+    /// Jail runtime state root.
+    pub fn jails(&self) -> PathBuf {
+        self.state_dir.join(crate::jailcmd::JAILS_DIR)
+    }
+    /// Bridge allocators.
+    pub fn net(&self) -> PathBuf {
+        self.state_dir.join(crate::jailcmd::NET_DIR)
+    }
+    /// Overlay dirs of a jail.
+    pub fn overlay(&self, name: &str) -> PathBuf {
+        self.state_dir.join(crate::jailcmd::OVERLAY_DIR).join(name)
+    }
+    /// The image store.
+    pub fn images(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+    /// A volume of a vendor's jail.
+    pub fn volume(&self, vendor: &str, jail: &str, volume: &str) -> PathBuf {
+        self.state_dir
+            .join("data")
+            .join(vendor)
+            .join(jail)
+            .join(volume)
+    }
+}
+
+/// The runtime name of a plan version's jail.
+pub fn jail_name(vendor: &str, jail: &str, version: u64) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let suffix = format!("-{version}");
+    let base = format!("{}-{}", clean(vendor), clean(jail));
+    let max = jail::name::MAX_NAME - suffix.len();
+    let base = if base.len() <= max {
+        base
+    } else {
+        let tag = format!(
+            "-{:06x}",
+            net::fnv1a(format!("{vendor}/{jail}").as_bytes()) & 0xff_ffff
+        );
+        format!("{}{tag}", &base[..max - tag.len()])
+    };
+    format!("{base}{suffix}")
+}
+
+/// A host device passed to the jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostDevice {
+    /// Character device major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+/// Looks up a host character device's numbers.
+pub fn host_device(path: &Path) -> std::io::Result<HostDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path)?;
+    if !m.file_type().is_char_device() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a character device", path.display()),
+        ));
+    }
+    let rdev = m.rdev();
+    Ok(HostDevice {
+        major: nix::sys::stat::major(rdev) as u32,
+        minor: nix::sys::stat::minor(rdev) as u32,
+    })
+}
+
+/// The command line of an app: the plan's command or the image's
+/// entrypoint, then the plan's args or the image's cmd.
+pub fn argv(app: &App, image: &ImageRootfs) -> Vec<String> {
+    let mut a = if app.command.is_empty() {
+        image.config.entrypoint.clone()
+    } else {
+        app.command.clone()
+    };
+    if app.args.is_empty() && app.command.is_empty() {
+        a.extend(image.config.cmd.iter().cloned());
+    } else {
+        a.extend(app.args.iter().cloned());
+    }
+    a
+}
+
+/// The environment of an app: base, then the image's, then the plan's (a
+/// later one wins for the same name).
+pub fn env(app: &App, image: &ImageRootfs) -> Vec<String> {
+    let mut m: BTreeMap<String, String> = BASE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for kv in &image.config.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            m.insert(k.into(), v.into());
+        }
+    }
+    for (k, v) in &app.env {
+        m.insert(k.clone(), v.clone());
+    }
+    m.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Builds the spec of the jail running `plan` from `image`.
+pub fn build_spec(
+    layout: &Layout,
+    name: &str,
+    plan: &Plan,
+    image: &ImageRootfs,
+    serial: Option<HostDevice>,
+) -> Result<JailSpec, String> {
+    let app = plan.apps.first().ok_or("the plan has no app")?;
+    if plan.apps.len() > 1 {
+        return Err(format!(
+            "the plan has {} apps; this gateway runs one app per jail",
+            plan.apps.len()
+        ));
+    }
+    let args = argv(app, image);
+    if args.is_empty() {
+        return Err(format!(
+            "app {} has no command and its image no entrypoint",
+            app.name
+        ));
+    }
+    let cwd = if image.config.working_dir.starts_with('/') {
+        image.config.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    let mut mounts = Vec::new();
+    for m in &app.mounts {
+        if !plan.jail.volumes.iter().any(|v| v.name == m.volume) {
+            return Err(format!(
+                "app {} mounts unknown volume {}",
+                app.name, m.volume
+            ));
+        }
+        let src = layout.volume(&plan.vendor, &plan.jail.name, &m.volume);
+        let mut options = vec!["rbind".to_string()];
+        options.push(if m.read_only { "ro" } else { "rw" }.into());
+        mounts.push(serde_json::json!({
+            "destination": m.target, "type": "bind", "source": src, "options": options,
+        }));
+    }
+    let mut linux = serde_json::json!({});
+    if let (true, Some(d)) = (plan.jail.devices.serial, serial) {
+        linux["devices"] = serde_json::json!([{
+            "path": SERIAL_IN_JAIL, "type": "c", "major": d.major, "minor": d.minor,
+            "fileMode": 0o660, "uid": 0, "gid": 0,
+        }]);
+        linux["resources"] = serde_json::json!({ "devices": [
+            { "allow": true, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm" },
+        ]});
+    }
+    let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": "/", "readonly": false },
+        "process": {
+            "args": args,
+            "env": env(app, image),
+            "cwd": cwd,
+            "user": { "uid": 0, "gid": 0 },
+        },
+        "mounts": mounts,
+        "linux": linux,
+    }))
+    .map_err(|e| format!("build the jail spec: {e}"))?;
+    let dir = layout.overlay(name);
+    let rootfs = RootfsOptions::Overlay {
+        lowers: image.layers.clone(),
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+    };
+    let network = if plan.jail.network.enabled {
+        let bridge = net::bridge_name(&plan.vendor);
+        let routes = net::host_routes().map_err(|e| format!("read /proc/net/route: {e}"))?;
+        let subnet = net::pick_subnet(&plan.vendor, &bridge, &routes)
+            .ok_or_else(|| format!("no free subnet for bridge {bridge}"))?;
+        Some(NetOptions {
+            bridge,
+            gateway: subnet.gateway,
+            prefix_len: subnet.prefix_len,
+            allocator_dir: layout.net(),
+        })
+    } else {
+        None
+    };
+    let r = &plan.jail.resources;
+    let opts = JailOptions {
+        name: name.to_string(),
+        vendor: vendor_name(&plan.vendor),
+        rootfs: Some(rootfs),
+        network,
+        cgroup_parent: Some(PathBuf::from(&layout.cgroup_parent)),
+        state_root: Some(layout.jails()),
+        init_path: None,
+        memory_max: Some(r.memory),
+        pids_max: Some(u64::from(r.pids)),
+        cpus: (r.cpu_millis > 0).then(|| f64::from(r.cpu_millis) / 1000.0),
+        hostname: Some(plan.jail.name.replace(['.', '_'], "-")),
+        user_ns: None,
+        console: Console::LogFile,
+    };
+    JailSpec::from_oci(&oci, &opts).map_err(|e| format!("jail spec: {e}"))
+}
+
+/// The jail runtime's vendor name of a vendor id (`[a-z0-9-]`).
+pub fn vendor_name(vendor: &str) -> String {
+    vendor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Creates the overlay and volume dirs of a jail.
+pub fn prepare_dirs(layout: &Layout, name: &str, plan: &Plan) -> std::io::Result<()> {
+    let dir = layout.overlay(name);
+    std::fs::create_dir_all(dir.join("upper"))?;
+    std::fs::create_dir_all(dir.join("work"))?;
+    for v in &plan.jail.volumes {
+        std::fs::create_dir_all(layout.volume(&plan.vendor, &plan.jail.name, &v.name))?;
+    }
+    Ok(())
+}
+
+/// Deletes a jail (if it exists), its overlay dirs and, when no jail uses
+/// it any more, its vendor's bridge. Errors are logged: removal is retried
+/// at the next start.
+pub async fn remove(layout: &Layout, name: &str) {
+    let state_file = jail::state::jail_dir(&layout.jails(), name);
+    if state_file.exists() {
+        match jail::Jail::adopt(&layout.jails(), name).await {
+            Ok(j) => {
+                if let Err(e) = j.delete().await {
+                    tracing::warn!(jail = name, error = %e, "cannot delete jail");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(jail = name, error = %e, "cannot adopt jail to delete it");
+                let _ = std::fs::remove_dir_all(&state_file);
+            }
+        }
+    }
+    let dir = layout.overlay(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove overlay dir");
+        }
+    }
+    gc_bridges(layout).await;
+}
+
+/// Removes the vendor bridges of this state dir that have no lease and no
+/// port left.
+pub async fn gc_bridges(layout: &Layout) {
+    let Ok(rd) = std::fs::read_dir(layout.net()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        let Some(bridge) = f.strip_suffix(".addrs") else {
+            continue;
+        };
+        // One `lease ADDR OWNER` line per address handed out (netns::alloc);
+        // an unreadable file counts as in use.
+        let leases = std::fs::read_to_string(e.path())
+            .map(|t| t.lines().filter(|l| l.starts_with("lease ")).count())
+            .unwrap_or(usize::MAX);
+        let ports = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+            .map(|rd| rd.count())
+            .unwrap_or(0);
+        if leases > 0 || ports > 0 {
+            continue;
+        }
+        match netns::Net::connect().await {
+            Ok(c) => {
+                if let Err(err) = c.delete_bridge(bridge).await {
+                    tracing::warn!(bridge, error = %err, "cannot delete bridge");
+                    continue;
+                }
+                let _ = std::fs::remove_file(e.path());
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot connect to netlink"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Digest, ImageConfig};
+
+    fn image() -> ImageRootfs {
+        let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        ImageRootfs {
+            digest: d.clone(),
+            manifest: d,
+            layers: vec![PathBuf::from("/l/2"), PathBuf::from("/l/1")],
+            config: ImageConfig {
+                entrypoint: vec!["/bin/app".into()],
+                cmd: vec!["--serve".into()],
+                env: vec!["PATH=/app/bin".into(), "MODE=prod".into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn app() -> App {
+        App {
+            name: "web".into(),
+            image: protocol::provision::ImageRef::parse(&format!(
+                "localhost:5000/acme/web@sha256:{}",
+                "a".repeat(64)
+            ))
+            .unwrap(),
+            command: vec![],
+            args: vec![],
+            env: BTreeMap::new(),
+            mounts: vec![],
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn names_fit_the_runtime() {
+        assert_eq!(jail_name("acme", "meter", 3), "acme-meter-3");
+        let long = jail_name("averyveryverylongvendor", "and.a_long_jail_name", 12345);
+        assert!(long.len() <= 32, "{long}");
+        assert!(long.ends_with("-12345"));
+        assert!(jail::Name::new(&long).is_ok(), "{long}");
+        assert_ne!(
+            long,
+            jail_name("averyveryverylongvendor", "and.a_long_jail_nam2", 12345)
+        );
+    }
+
+    #[test]
+    fn command_and_environment_merge() {
+        let mut a = app();
+        assert_eq!(argv(&a, &image()), ["/bin/app", "--serve"]);
+        a.args = vec!["--debug".into()];
+        assert_eq!(argv(&a, &image()), ["/bin/app", "--debug"]);
+        a.command = vec!["/bin/sh".into()];
+        a.args = vec![];
+        assert_eq!(argv(&a, &image()), ["/bin/sh"]);
+        a.env.insert("MODE".into(), "test".into());
+        let e = env(&a, &image());
+        assert!(e.contains(&"PATH=/app/bin".to_string()), "{e:?}");
+        assert!(e.contains(&"MODE=test".to_string()), "{e:?}");
+        assert!(e.contains(&"HOME=/root".to_string()), "{e:?}");
+    }
+}

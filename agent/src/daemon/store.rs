@@ -1,0 +1,505 @@
+//! The daemon's persisted state in one `redb` file (`<state dir>/berthd.redb`):
+//! every write is one transaction committed with immediate durability
+//! (fsync before `commit` returns), so `kill -9` or a power cut at any
+//! instant loses no decided state.
+//!
+//! Tables:
+//! - `items`: `vendor/serial` → [`Item`] (JSON, versioned);
+//! - `ids`: item id → `vendor/serial`;
+//! - `versions`: plan id → highest plan version accepted (the replay guard);
+//! - `audit`: sequence → [`AuditEntry`] (append-only);
+//! - `pairing`: vendor → unix time the pairing window ends;
+//! - `meta`: `schema`, `next_id`, `next_audit`.
+//!
+//! All calls block (they fsync): async code runs them through
+//! [`Store::call`], which moves them off the runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::state::{AuditEntry, Item, RECORD_VERSION};
+
+const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
+const IDS: TableDefinition<u64, &str> = TableDefinition::new("ids");
+const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const PAIRING: TableDefinition<&str, u64> = TableDefinition::new("pairing");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Schema of the tables above.
+pub const SCHEMA: u64 = 1;
+
+/// File name of the store in the state dir.
+pub const STORE_FILE: &str = "berthd.redb";
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("state store {path}: {what}: {source}")]
+    Db {
+        /// The store file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        source: Box<redb::Error>,
+    },
+    /// A record cannot be decoded.
+    #[error("state store {path}: record {key} is unreadable: {reason}")]
+    Record {
+        /// The store file.
+        path: PathBuf,
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store was written by a newer berthd.
+    #[error("state store {path} has schema {found}; this berthd reads up to {SCHEMA}")]
+    Schema {
+        /// The store file.
+        path: PathBuf,
+        /// Its schema.
+        found: u64,
+    },
+    /// A plan version older than one accepted before.
+    #[error("plan {plan_id} version {version} is older than version {current} already accepted")]
+    Replayed {
+        /// Plan id.
+        plan_id: String,
+        /// Offered version.
+        version: u64,
+        /// Highest accepted.
+        current: u64,
+    },
+    /// The blocking task died.
+    #[error("state store task failed: {0}")]
+    Task(String),
+}
+
+/// The store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(STORE_FILE);
+        let db = Database::create(&path).map_err(|e| StoreError::Db {
+            path: path.clone(),
+            what: "open",
+            source: Box::new(e.into()),
+        })?;
+        let s = Store {
+            db: Arc::new(db),
+            path,
+        };
+        s.init()?;
+        Ok(s)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err<E: Into<redb::Error>>(&self, what: &'static str) -> impl FnOnce(E) -> StoreError + '_ {
+        move |e| StoreError::Db {
+            path: self.path.clone(),
+            what,
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        {
+            let mut meta = tx.open_table(META).map_err(self.err("open meta"))?;
+            let found = meta
+                .get("schema")
+                .map_err(self.err("read schema"))?
+                .map(|g| g.value());
+            match found {
+                Some(v) if v > SCHEMA => {
+                    return Err(StoreError::Schema {
+                        path: self.path.clone(),
+                        found: v,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", SCHEMA)
+                        .map_err(self.err("write schema"))?;
+                }
+            }
+            // Create every table so readers never meet a missing one.
+            tx.open_table(ITEMS).map_err(self.err("open items"))?;
+            tx.open_table(IDS).map_err(self.err("open ids"))?;
+            tx.open_table(VERSIONS).map_err(self.err("open versions"))?;
+            tx.open_table(AUDIT).map_err(self.err("open audit"))?;
+            tx.open_table(PAIRING).map_err(self.err("open pairing"))?;
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(())
+    }
+
+    /// Runs `f` on a blocking thread.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn decode_item(&self, key: &str, bytes: &[u8]) -> Result<Item, StoreError> {
+        let it: Item = serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+            path: self.path.clone(),
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        if it.v > RECORD_VERSION {
+            return Err(StoreError::Record {
+                path: self.path.clone(),
+                key: key.to_string(),
+                reason: format!("format {} is newer than {RECORD_VERSION}", it.v),
+            });
+        }
+        Ok(it)
+    }
+
+    /// The item of a device, if any.
+    pub fn item(&self, key: &str) -> Result<Option<Item>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+        let got = t.get(key).map_err(self.err("read item"))?;
+        got.map(|g| self.decode_item(key, g.value())).transpose()
+    }
+
+    /// The item with this id, if any.
+    pub fn item_by_id(&self, id: u64) -> Result<Option<Item>, StoreError> {
+        let key = {
+            let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+            let t = tx.open_table(IDS).map_err(self.err("open ids"))?;
+            let got = t.get(id).map_err(self.err("read id"))?;
+            match got {
+                Some(g) => g.value().to_string(),
+                None => return Ok(None),
+            }
+        };
+        self.item(&key)
+    }
+
+    /// Every item, by id.
+    pub fn items(&self) -> Result<Vec<Item>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(self.err("list items"))? {
+            let (k, v) = row.map_err(self.err("list items"))?;
+            out.push(self.decode_item(k.value(), v.value())?);
+        }
+        out.sort_by_key(|i| i.id);
+        Ok(out)
+    }
+
+    /// A fresh item id (committed, so ids are never reused).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        let id = {
+            let mut meta = tx.open_table(META).map_err(self.err("open meta"))?;
+            let id = meta
+                .get("next_id")
+                .map_err(self.err("read next_id"))?
+                .map_or(1, |g| g.value());
+            meta.insert("next_id", id + 1)
+                .map_err(self.err("write next_id"))?;
+            id
+        };
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(id)
+    }
+
+    /// Writes `item`, and `audit` with it when given, in one transaction.
+    /// When the item carries a plan version that moves into force
+    /// (`current_version`), the replay guard advances with it.
+    pub fn put(&self, item: &Item, audit: Option<AuditEntry>) -> Result<(), StoreError> {
+        let key = item.key();
+        let bytes = serde_json::to_vec(item).map_err(|e| StoreError::Record {
+            path: self.path.clone(),
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        {
+            let mut items = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+            items
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(self.err("write item"))?;
+            let mut ids = tx.open_table(IDS).map_err(self.err("open ids"))?;
+            ids.insert(item.id, key.as_str())
+                .map_err(self.err("write id"))?;
+            for (plan_id, version) in [&item.current_version, &item.candidate_version]
+                .into_iter()
+                .flatten()
+            {
+                // The guard remembers the highest version ever accepted for
+                // a plan id, candidate or current: a verified plan is
+                // accepted when it is stored.
+                let mut vt = tx.open_table(VERSIONS).map_err(self.err("open versions"))?;
+                let seen = vt
+                    .get(plan_id.as_str())
+                    .map_err(self.err("read version"))?
+                    .map(|g| g.value());
+                if seen.is_none_or(|s| s < *version) {
+                    vt.insert(plan_id.as_str(), *version)
+                        .map_err(self.err("write version"))?;
+                }
+            }
+            if let Some(a) = audit {
+                append_audit(&tx, &a, &self.path).map_err(|e| self.err("write audit")(e))?;
+            }
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(())
+    }
+
+    /// Removes a device's item (`berth jail-reset` of its last jail).
+    pub fn remove(&self, item: &Item, audit: AuditEntry) -> Result<(), StoreError> {
+        let key = item.key();
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        {
+            let mut items = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+            items
+                .remove(key.as_str())
+                .map_err(self.err("remove item"))?;
+            let mut ids = tx.open_table(IDS).map_err(self.err("open ids"))?;
+            ids.remove(item.id).map_err(self.err("remove id"))?;
+            append_audit(&tx, &audit, &self.path).map_err(|e| self.err("write audit")(e))?;
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(())
+    }
+
+    /// The highest version of `plan_id` accepted so far.
+    pub fn accepted_version(&self, plan_id: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(VERSIONS).map_err(self.err("open versions"))?;
+        let v = t.get(plan_id).map_err(self.err("read version"))?;
+        Ok(v.map(|g| g.value()))
+    }
+
+    /// Refuses `version` of `plan_id` when a higher one was accepted.
+    pub fn check_version(&self, plan_id: &str, version: u64) -> Result<(), StoreError> {
+        match self.accepted_version(plan_id)? {
+            Some(current) if current > version => Err(StoreError::Replayed {
+                plan_id: plan_id.to_string(),
+                version,
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends one audit entry on its own.
+    pub fn audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        append_audit(&tx, a, &self.path).map_err(|e| self.err("write audit")(e))?;
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(())
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(AUDIT).map_err(self.err("open audit"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(self.err("list audit"))? {
+            let (k, v) = row.map_err(self.err("list audit"))?;
+            let e: AuditEntry =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Record {
+                    path: self.path.clone(),
+                    key: format!("audit {}", k.value()),
+                    reason: e.to_string(),
+                })?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Opens a pairing window for `vendor` until `until` (unix seconds),
+    /// audited.
+    pub fn pair(&self, vendor: &str, until: u64, audit: &AuditEntry) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        {
+            let mut t = tx.open_table(PAIRING).map_err(self.err("open pairing"))?;
+            t.insert(vendor, until).map_err(self.err("write pairing"))?;
+            append_audit(&tx, audit, &self.path).map_err(|e| self.err("write audit")(e))?;
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(())
+    }
+
+    /// Whether `vendor` has a pairing window open at `now`.
+    pub fn pairing_open(&self, vendor: &str, now: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(PAIRING).map_err(self.err("open pairing"))?;
+        let v = t.get(vendor).map_err(self.err("read pairing"))?;
+        Ok(v.is_some_and(|g| g.value() > now))
+    }
+
+    /// Every pairing window: vendor and end time.
+    pub fn pairings(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(PAIRING).map_err(self.err("open pairing"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(self.err("list pairing"))? {
+            let (k, v) = row.map_err(self.err("list pairing"))?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+}
+
+fn append_audit(
+    tx: &redb::WriteTransaction,
+    a: &AuditEntry,
+    _path: &Path,
+) -> Result<(), redb::Error> {
+    let mut meta = tx.open_table(META)?;
+    let seq = meta.get("next_audit")?.map_or(1, |g| g.value());
+    meta.insert("next_audit", seq + 1)?;
+    // Serialising a struct of strings and integers cannot fail.
+    let bytes = serde_json::to_vec(a).unwrap_or_default();
+    let mut t = tx.open_table(AUDIT)?;
+    t.insert(seq, bytes.as_slice())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::tests::device;
+    use crate::daemon::state::{now_secs, transition, Stage};
+
+    fn entry(item: u64, decision: &str) -> AuditEntry {
+        AuditEntry {
+            v: 1,
+            time: now_secs(),
+            who: "uid=0 pid=1".into(),
+            item,
+            plan: Some(("p1".into(), 3)),
+            decision: decision.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn transitions_persist_across_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let s = Store::open(d.path()).unwrap();
+            id = s.next_id().unwrap();
+            let mut it = Item::new(id, device("s1"));
+            transition(&mut it, Stage::Requested).unwrap();
+            s.put(&it, None).unwrap();
+            transition(&mut it, Stage::AwaitingApproval).unwrap();
+            it.candidate = Some(vec![1, 2]);
+            it.candidate_version = Some(("p1".into(), 3));
+            s.put(&it, None).unwrap();
+            transition(&mut it, Stage::Approved).unwrap();
+            s.put(&it, Some(entry(id, "approve"))).unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let it = s.item_by_id(id).unwrap().unwrap();
+        assert_eq!(it.stage, Stage::Approved);
+        assert_eq!(it.candidate, Some(vec![1, 2]));
+        assert_eq!(s.item("acme/s1").unwrap().unwrap().id, id);
+        assert_eq!(s.items().unwrap().len(), 1);
+        assert_eq!(s.next_id().unwrap(), id + 1, "ids are never reused");
+        let log = s.audit_log().unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].decision, "approve");
+        assert_eq!(log[0].who, "uid=0 pid=1");
+    }
+
+    #[test]
+    fn version_guard_refuses_replays_and_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            let mut it = Item::new(s.next_id().unwrap(), device("s1"));
+            it.current_version = Some(("plan-a".into(), 5));
+            s.put(&it, None).unwrap();
+            // A lower version written later does not lower the guard.
+            it.current_version = Some(("plan-a".into(), 2));
+            s.put(&it, None).unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.accepted_version("plan-a").unwrap(), Some(5));
+        assert!(s.check_version("plan-a", 5).is_ok());
+        assert!(s.check_version("plan-a", 6).is_ok());
+        let e = s.check_version("plan-a", 4).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plan plan-a version 4 is older than version 5 already accepted"
+        );
+        assert!(s.check_version("plan-b", 1).is_ok());
+    }
+
+    #[test]
+    fn audit_is_append_only_and_ordered() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for (i, what) in ["approve", "deny", "pair"].iter().enumerate() {
+            s.audit(&entry(i as u64, what)).unwrap();
+        }
+        let it = Item::new(7, device("s7"));
+        s.put(&it, None).unwrap();
+        s.remove(&it, entry(7, "reset")).unwrap();
+        let log: Vec<String> = s
+            .audit_log()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.decision)
+            .collect();
+        assert_eq!(log, ["approve", "deny", "pair", "reset"]);
+        assert!(s.item_by_id(7).unwrap().is_none());
+    }
+
+    #[test]
+    fn pairing_windows_expire() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        s.pair("acme", 1000, &entry(0, "pair")).unwrap();
+        assert!(s.pairing_open("acme", 999).unwrap());
+        assert!(!s.pairing_open("acme", 1000).unwrap());
+        assert!(!s.pairing_open("globex", 0).unwrap());
+        assert_eq!(s.pairings().unwrap(), vec![("acme".to_string(), 1000)]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema", SCHEMA + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let e = Store::open(d.path()).unwrap_err();
+        assert!(e.to_string().contains("has schema 2"), "{e}");
+    }
+}

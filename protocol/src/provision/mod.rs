@@ -24,6 +24,73 @@
 //!   [`PlanVersionGuard`], which refuses replayed older versions.
 //! - [`report`]: [`Report`], sent by the gateway in `POST /v1/reports` after
 //!   each build, delivery and validation.
+//! - [`ErrorBody`]: the body of `202`, `4xx` and `5xx` answers.
+//!
+//! Both sides in a few lines:
+//!
+//! ```
+//! use protocol::ed25519_dalek::SigningKey;
+//! use protocol::provision::*;
+//! use protocol::AnnounceBuilder;
+//!
+//! // Gateway: a device announced itself; ask its vendor.
+//! let mut buf = [0u8; protocol::announce::MAX_ANNOUNCE];
+//! let n = AnnounceBuilder::new("acme", "Meter 2", "SN-1", "1.0", "https://p.acme.example", 1)
+//!     .encode_signed(&[1; 32], &mut buf)?;
+//! let request = ProvisionRequest::new(
+//!     &buf[..n],
+//!     GatewayIdentity { id: "gw-17".into(), public_key: [9; 32] },
+//!     GatewayCapabilities {
+//!         arch: "arm.v7".into(),
+//!         memory_free: 512 << 20,
+//!         disk_free: 4 << 30,
+//!         cgroup: CgroupLayout::Hybrid,
+//!     },
+//!     vec![],
+//! )?;
+//! let body = request.to_cbor()?; // POST /v1/provision, application/cbor
+//!
+//! // Vendor: answer a signed plan.
+//! let request = ProvisionRequest::from_cbor(&body)?;
+//! let plan = Plan {
+//!     format: FORMAT,
+//!     plan_id: "p-1".into(),
+//!     version: 1,
+//!     vendor: request.device.vendor.clone(),
+//!     model: request.device.model.clone(),
+//!     serial: request.device.serial.clone(),
+//!     jail: JailPlan {
+//!         name: "acme".into(),
+//!         mode: JailMode::CreateOrReuse,
+//!         resources: Resources { memory: 64 << 20, cpu_millis: 500, pids: 64 },
+//!         network: NetworkPolicy { enabled: false, host_ports: vec![] },
+//!         devices: DevicePassthrough { serial: false },
+//!         volumes: vec![],
+//!     },
+//!     apps: vec![App {
+//!         name: "collector".into(),
+//!         image: ImageRef::parse(
+//!             "registry.acme.example/collector@sha256:\
+//!              0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+//!         )?,
+//!         command: vec![],
+//!         args: vec![],
+//!         env: Default::default(),
+//!         mounts: vec![],
+//!         checks: vec![Check { kind: CheckKind::TcpListening { port: 8080 }, timeout_ms: 5000 }],
+//!     }],
+//! };
+//! let vendor_key = SigningKey::from_bytes(&[7; 32]);
+//! let cose = SignedPlan::sign(&plan, &vendor_key, &key_id(&vendor_key.verifying_key()))?;
+//!
+//! // Gateway: check it with the key its registry holds for `acme`, and
+//! // refuse older versions than the one in force.
+//! let got = verify_plan(&cose, &vendor_key.verifying_key(), "acme")?;
+//! assert!(got.applies_to("acme", "Meter 2", "SN-1"));
+//! let mut guard = PlanVersionGuard::new("p-1", 0);
+//! assert_eq!(guard.advance(&got)?, Freshness::Newer);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::format;
 use std::string::{String, ToString};

@@ -128,6 +128,33 @@ impl DeviceIdentity {
 }
 
 impl ProvisionRequest {
+    /// The request a gateway sends for an announce it received as `announce`
+    /// (canonical CBOR, as the device sent it). Fails when the announce
+    /// does not decode or the result breaks a rule (too many jails, say).
+    pub fn new(
+        announce: &[u8],
+        gateway: GatewayIdentity,
+        capabilities: GatewayCapabilities,
+        jails: Vec<ExistingJail>,
+    ) -> Result<Self, super::MessageError> {
+        let what = Self::WHAT;
+        let a = Announce::decode(announce).map_err(|e| super::MessageError::Invalid {
+            what,
+            source: invalid("announce", format!("is not a valid announce: {e}")),
+        })?;
+        let r = ProvisionRequest {
+            format: FORMAT,
+            announce: announce.to_vec(),
+            device: DeviceIdentity::of(&a),
+            gateway,
+            capabilities,
+            jails,
+        };
+        r.validate()
+            .map_err(|source| super::MessageError::Invalid { what, source })?;
+        Ok(r)
+    }
+
     /// Decodes the announce the request carries (its signature unchecked).
     pub fn decode_announce(&self) -> Result<Announce<'_>, announce::DecodeError> {
         Announce::decode(&self.announce)
@@ -234,6 +261,22 @@ mod tests {
         let bytes = r.to_cbor().unwrap();
         assert_eq!(ProvisionRequest::from_cbor(&bytes).unwrap(), r);
         assert_eq!(r.decode_announce().unwrap().serial, "SN-1");
+    }
+
+    #[test]
+    fn new_fills_in_the_identity() {
+        let s = sample();
+        let r = ProvisionRequest::new(
+            &s.announce,
+            s.gateway.clone(),
+            s.capabilities.clone(),
+            s.jails.clone(),
+        )
+        .unwrap();
+        assert_eq!(r, s);
+        let e = ProvisionRequest::new(b"\xa0", s.gateway.clone(), s.capabilities.clone(), vec![])
+            .unwrap_err();
+        assert!(e.to_string().contains("not a valid announce"), "{e}");
     }
 
     #[test]

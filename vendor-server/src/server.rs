@@ -206,6 +206,12 @@ impl Server {
         }
     }
 
+    /// The store the server answers from; tests and embedding programs
+    /// may register devices and publish through it while it runs.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.state.store
+    }
+
     /// The vendor's public key, for gateways' registries.
     pub fn public_key(&self) -> VerifyingKey {
         self.state.key.verifying_key()

@@ -39,12 +39,30 @@ async fn serves_and_shuts_down() {
     assert_ne!(addr.port(), 0);
     assert_eq!(server.scheme(), "http");
     assert_eq!(server.public_key(), key.verifying_key());
+    let server_store = server.store().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
     let answer = get(addr, "/v1/plans/0123").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    // Devices registered through the running server's store are served.
+    let store = server_store.clone();
+    let device = tokio::task::spawn_blocking(move || {
+        store.add_device(
+            "M",
+            "SN-1",
+            &SigningKey::from_bytes(&[2; 32]).verifying_key(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = get(addr, &format!("/v1/plans/{}", device.plan_id)).await;
+    assert!(
+        answer.contains("no plan published for model `M`"),
+        "{answer}"
+    );
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

@@ -471,6 +471,33 @@ fn refuses_bad_requests() {
     assert_eq!(a.status, 400);
     let a = s.request("GET", "/nothing", &[], b"");
     assert_eq!(a.status, 404);
+    // Garbage and mangled requests are answered 400, never a fault, and the
+    // server keeps serving.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..60 {
+        let mut b = body.clone();
+        for _ in 0..1 + round % 5 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x as usize) % b.len();
+            b[i] = (x >> 32) as u8;
+        }
+        if round % 3 == 0 {
+            b.truncate((x as usize) % b.len());
+        }
+        for path in ["/v1/provision", "/v1/reports"] {
+            let a = s.post_cbor(path, &b);
+            assert!(
+                [200, 400, 403].contains(&a.status),
+                "round {round} {path}: {} {:?}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+    }
+    let a = s.post_cbor("/v1/provision", &body);
+    assert_eq!(a.status, 200);
 }
 
 #[test]

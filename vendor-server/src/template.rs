@@ -566,6 +566,14 @@ exit_code = 3
     }
 
     #[test]
+    fn the_example_template_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/meter.toml");
+        let t = Template::load(&p).unwrap();
+        assert_eq!(t.apps[0].checks.len(), 5);
+        assert_eq!(t.apps[0].checks[1].timeout_ms, DEFAULT_CHECK_TIMEOUT_MS);
+    }
+
+    #[test]
     fn load_reports_the_path() {
         let e = Template::load(Path::new("/nonexistent/t.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/t.toml"));

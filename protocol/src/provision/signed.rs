@@ -570,6 +570,37 @@ mod tests {
         ));
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The worked example in docs/provisioning.md §8 is what this code
+    /// produces.
+    #[test]
+    fn doc_example_is_true() {
+        let doc = include_str!("../../../docs/provisioning.md");
+        let k = vendor_key();
+        let bytes = SignedPlan::sign(&sample(), &k, &key_id(&k.verifying_key())).unwrap();
+        let sign1 = CoseSign1::from_tagged_slice(&bytes).unwrap();
+        let protected = sign1.protected.original_data.unwrap();
+        let e = crate::provision::ErrorBody::new(403, "unknown device");
+        let mut want = vec![
+            format!("vendor public key:  {}", hex(k.verifying_key().as_bytes())),
+            format!("protected header:   {}", hex(&protected)),
+            format!("error body:         {}", hex(&e.to_cbor().unwrap())),
+            format!("signed plan starts: {}", hex(&bytes[..8])),
+            format!("signature:          {}", hex(&sign1.signature)),
+        ];
+        // The whole signed plan, 32 bytes a line.
+        want.extend(bytes.chunks(32).map(hex));
+        let missing: Vec<_> = want.iter().filter(|l| !doc.contains(l.as_str())).collect();
+        assert!(
+            missing.is_empty(),
+            "docs/provisioning.md lacks:\n{}",
+            want.join("\n")
+        );
+    }
+
     #[test]
     fn version_guard() {
         let mut p = sample();

@@ -59,7 +59,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
 /// Time open connections get to finish after shutdown is asked.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Certificate chain and key, both PEM.
 #[derive(Clone, Debug)]
@@ -538,7 +538,11 @@ async fn provision(state: &Arc<State>, body: &[u8]) -> Resp {
                     ),
                 )
             }
-            Ok(t) if t.jail.resources.memory > req.capabilities.memory_free => {
+            // A jail already there (reused) holds its memory already.
+            Ok(t)
+                if t.jail.resources.memory > req.capabilities.memory_free
+                    && !req.jails.iter().any(|j| j.name == t.jail.name) =>
+            {
                 return refuse(
                     StatusCode::FORBIDDEN,
                     format!(

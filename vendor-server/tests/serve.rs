@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use protocol::announce::MAX_ANNOUNCE;
 use protocol::ed25519_dalek::{SigningKey, VerifyingKey};
 use protocol::provision::{
-    verify_plan, CborMessage, CgroupLayout, CheckResult, DeviceIdentity, ErrorBody,
+    verify_plan, CborMessage, CgroupLayout, CheckResult, DeviceIdentity, ErrorBody, ExistingJail,
     GatewayCapabilities, GatewayIdentity, JailState, Plan, ProvisionRequest, Report,
     COSE_CONTENT_TYPE, FORMAT,
 };
@@ -333,6 +333,10 @@ fn announce(seed: &[u8; 32], serial: &str, counter: u64) -> Vec<u8> {
 }
 
 fn request(announce: Vec<u8>) -> Vec<u8> {
+    request_with(announce, 512 << 20, vec![])
+}
+
+fn request_with(announce: Vec<u8>, memory_free: u64, jails: Vec<ExistingJail>) -> Vec<u8> {
     let device = DeviceIdentity::of(&Announce::decode(&announce).unwrap());
     ProvisionRequest {
         format: FORMAT,
@@ -344,11 +348,11 @@ fn request(announce: Vec<u8>) -> Vec<u8> {
         },
         capabilities: GatewayCapabilities {
             arch: "arm.v7".into(),
-            memory_free: 512 << 20,
+            memory_free,
             disk_free: 4 << 30,
             cgroup: CgroupLayout::Hybrid,
         },
-        jails: vec![],
+        jails,
     }
     .to_cbor()
     .unwrap()
@@ -427,10 +431,31 @@ fn refuses_unknown_devices_bad_signatures_and_replays() {
         a.reason(),
         "device `SN-1`: announce counter 4 is not above 5, the last accepted (a replay)"
     );
+    // A gateway without the memory the plan needs is refused, unless the
+    // vendor's jail is already there.
+    let a = s.post_cbor(
+        "/v1/provision",
+        &request_with(announce(&DEVICE_SEED, "SN-1", 7), 32 << 20, vec![]),
+    );
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.reason(),
+        "gateway `gw-17` has 33554432 bytes of memory free; the plan needs 67108864"
+    );
+    let jail = ExistingJail {
+        name: "acme-meter".into(),
+        plan_id: "x".into(),
+        version: 1,
+    };
+    let a = s.post_cbor(
+        "/v1/provision",
+        &request_with(announce(&DEVICE_SEED, "SN-1", 8), 32 << 20, vec![jail]),
+    );
+    assert_eq!(a.status, 200);
     // Tampering with a signed announce (firmware `1.0.3` -> `1.0.4`).
     let at = other.windows(5).position(|w| w == b"1.0.3").unwrap();
     other[at + 4] = b'4';
-    let mut req = ProvisionRequest::from_cbor(&request(announce(&DEVICE_SEED, "SN-1", 6))).unwrap();
+    let mut req = ProvisionRequest::from_cbor(&request(announce(&DEVICE_SEED, "SN-1", 9))).unwrap();
     req.device.firmware = "1.0.4".into();
     req.announce = other;
     let a = s.post_cbor("/v1/provision", &req.to_cbor().unwrap());

@@ -279,7 +279,8 @@ impl ImageStore {
         self.store_small(digest, &bytes).await?;
         opts.report(Progress {
             digest: digest.clone(),
-            kind: if size.is_none() {
+            // Index or manifest: the `mediaType` is read by the caller.
+            kind: if bytes.windows(11).any(|w| w == b"\"manifests\"") {
                 BlobKind::Index
             } else {
                 BlobKind::Manifest

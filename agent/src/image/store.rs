@@ -418,6 +418,9 @@ impl ImageStore {
     ) -> Result<PathBuf> {
         let fin = self.blob_path(&desc.digest);
         let partial = self.tmp().join(format!("{}.partial", desc.digest.hex()));
+        if exists_file(&fin).await? {
+            return Ok(fin);
+        }
         let (f2, p2) = (fin.clone(), partial.clone());
         let size = desc.size;
         // Open the partial file and lock it: a concurrent pull of the same
@@ -433,6 +436,16 @@ impl ImageStore {
             rustix::fs::flock(&f, FlockOperation::LockExclusive)
                 .map_err(|e| ImageError::io("flock", &p2, e.into()))?;
             if f2.exists() {
+                // Finished by someone else. If we created a new, empty
+                // partial file after they renamed theirs, remove it.
+                use std::os::unix::fs::MetadataExt;
+                let mine = f.metadata().map_err(|e| ImageError::io("stat", &p2, e))?;
+                let at_path = fs::symlink_metadata(&p2).ok();
+                if mine.len() == 0
+                    && at_path.is_some_and(|m| (m.dev(), m.ino()) == (mine.dev(), mine.ino()))
+                {
+                    fs::remove_file(&p2).map_err(|e| ImageError::io("remove", &p2, e))?;
+                }
                 return Ok(None);
             }
             let mut h = hash_prefix(&mut f).map_err(|e| ImageError::io("read", &p2, e))?;
@@ -710,6 +723,11 @@ async fn blocking<T: Send + 'static>(
             what,
             reason: e.to_string(),
         })?
+}
+
+async fn exists_file(p: &Path) -> Result<bool> {
+    let p = p.to_owned();
+    blocking("stat", move || Ok(p.is_file())).await
 }
 
 async fn exists(p: &Path) -> Result<bool> {

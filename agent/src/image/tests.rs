@@ -1045,3 +1045,47 @@ fn overlay_of_pulled_layers_shows_the_image_view() {
     );
     assert!(merged.join("bin/app").exists());
 }
+
+#[test]
+fn concurrent_pulls_of_one_image_share_the_work() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let img = runtime().block_on(push_image(
+        &reg.addr,
+        "vendor/concurrent",
+        &[base_layer(), layer_tar(&[("big", &noise(2_000_000, 9))])],
+        ("amd64", None),
+    ));
+    // Two pullers with their own store handles and runtimes, as two
+    // processes would be: the blob lock and the rename make them agree.
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let (dir, r) = (dir.clone(), img.reference.clone());
+            std::thread::spawn(move || {
+                let store = ImageStore::open(dir).unwrap();
+                runtime().block_on(store.pull(&r, &opts()))
+            })
+        })
+        .collect();
+    let results: Vec<_> = pulls
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(results[0], results[1]);
+    let store = ImageStore::open(&dir).unwrap();
+    assert_eq!(files_under(&dir.join("layers/sha256")).len(), 2);
+    assert!(
+        files_under(&dir.join("tmp")).is_empty(),
+        "{:?}",
+        files_under(&dir.join("tmp"))
+    );
+    let data = std::fs::read(results[0].layers[0].join("big")).unwrap();
+    assert_eq!(data, noise(2_000_000, 9));
+    // GC with the image kept removes nothing it needs.
+    let rep = runtime()
+        .block_on(store.gc(&[img.reference.digest().clone()]))
+        .unwrap();
+    assert_eq!((rep.images, rep.layers), (0, 0), "{rep:?}");
+    assert!(results[0].layers.iter().all(|l| l.is_dir()));
+}

@@ -108,6 +108,10 @@ pub const BASELINE: &[Refusal] = &[
     always("swapoff"),
     // Process accounting writes a host file.
     always("acct"),
+    // Opens any file of the filesystem from a forged handle, bypassing the
+    // jail's root ("shocker"); needs CAP_DAC_READ_SEARCH, which a spec
+    // may grant for other reasons.
+    always("open_by_handle_at"),
     // New user namespaces re-grant every capability inside them, the usual
     // first step of kernel exploits; jails that need one get it from Berth.
     Refusal {
@@ -123,6 +127,23 @@ pub const BASELINE: &[Refusal] = &[
         when_flags: Some((0, libc::CLONE_NEWUSER as u64)),
     },
 ];
+
+/// Refused with ENOSYS rather than EPERM, before the baseline's other
+/// rules. `clone3` passes its flags in a struct that seccomp cannot read,
+/// so a `CLONE_NEWUSER` refusal on `clone` alone is bypassed through it;
+/// ENOSYS makes glibc and musl fall back to `clone`, where the flag check
+/// applies (runc and Docker's default profile do the same).
+pub const ENOSYS: &[&str] = &["clone3"];
+
+/// `nr == n` for each of [`ENOSYS`] → `SECCOMP_RET_ERRNO | ENOSYS`.
+fn enosys_guard(nr: impl Fn(&str) -> Option<u32>) -> Program {
+    let mut p: Program = vec![(BPF_LD_W_ABS, 0, 0, 0)]; // seccomp_data.nr
+    for n in ENOSYS.iter().filter_map(|name| nr(name)) {
+        p.push((BPF_JEQ_K, 0, 1, n));
+        p.push((BPF_RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32));
+    }
+    p
+}
 
 /// The architectures Berth builds filters for: those of seccompiler plus
 /// 32-bit ARM (the ARMv7 gateways), whose baseline Berth emits itself.
@@ -232,7 +253,12 @@ pub fn baseline(arch: TargetArch) -> Result<Program, SeccompError> {
         arch,
     )
     .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    finish(arch, f)
+    let compiled = finish(arch, f)?;
+    // The guard runs before seccompiler's architecture check: a foreign
+    // convention's call with a matching number is refused (ENOSYS) too.
+    let mut out = enosys_guard(|n| number(arch, n).map(|v| v as u32));
+    out.extend(compiled);
+    Ok(out)
 }
 
 fn action(a: SeccompActionSpec) -> SeccompAction {
@@ -355,8 +381,13 @@ pub fn arm_baseline() -> Program {
         (BPF_LD_W_ABS, 0, 0, 4), // arch
         (BPF_JEQ_K, 1, 0, AUDIT_ARCH_ARM),
         (BPF_RET_K, 0, 0, RET_KILL_PROCESS),
-        (BPF_LD_W_ABS, 0, 0, 0), // nr
     ];
+    p.extend(enosys_guard(|n| {
+        syscalls::ARM
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|&(_, v)| v as u32)
+    }));
     for r in BASELINE {
         let Some(nr) = syscalls::ARM
             .iter()
@@ -397,8 +428,11 @@ mod tests {
             assert!(p.len() > 30, "{} instructions", p.len());
             assert!(p.len() < 4096);
         }
-        // x86_64 starts with the x32 guard.
-        assert_eq!(baseline(TargetArch::x86_64).unwrap()[..3], x32_guard()[..]);
+        // x86_64: the ENOSYS guard, then the x32 guard.
+        let g = enosys_guard(|n| number(TargetArch::x86_64, n).map(|v| v as u32));
+        let p = baseline(TargetArch::x86_64).unwrap();
+        assert_eq!(p[..g.len()], g[..]);
+        assert_eq!(p[g.len()..g.len() + 3], x32_guard()[..]);
     }
 
     #[test]
@@ -513,9 +547,24 @@ mod tests {
             ),
         ];
         for (p, audit, nr) in &cases {
-            for name in ["reboot", "mount", "keyctl", "bpf", "init_module", "ptrace"] {
+            for name in [
+                "reboot",
+                "mount",
+                "keyctl",
+                "bpf",
+                "init_module",
+                "ptrace",
+                "open_by_handle_at",
+            ] {
                 assert_eq!(run(p, nr(name), *audit, [0; 6]), EPERM, "{name}");
             }
+            // clone3 (flags out of seccomp's reach) answers ENOSYS so libc
+            // falls back to clone, whose CLONE_NEWUSER check applies.
+            assert_eq!(
+                run(p, nr("clone3"), *audit, [0; 6]),
+                RET_ERRNO | libc::ENOSYS as u32
+            );
+            assert_eq!(run(p, nr("clone"), *audit, [newuser, 0, 0, 0, 0, 0]), EPERM);
             // An ordinary syscall (ARM: read is 3).
             let read = if *audit == AUDIT_ARCH_ARM {
                 3

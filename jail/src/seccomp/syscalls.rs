@@ -705,6 +705,7 @@ pub static ARM: &[(&str, i64)] = &[
     ("unshare", 337),
     ("kexec_load", 347),
     ("perf_event_open", 364),
+    ("open_by_handle_at", 371),
     ("clock_adjtime", 372),
     ("setns", 375),
     ("process_vm_readv", 376),
@@ -720,5 +721,6 @@ pub static ARM: &[(&str, i64)] = &[
     ("fsconfig", 431),
     ("fsmount", 432),
     ("fspick", 433),
+    ("clone3", 435),
     ("mount_setattr", 442),
 ];

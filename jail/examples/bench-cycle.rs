@@ -169,16 +169,25 @@ fn main() -> anyhow::Result<()> {
                     j.start().await?;
                     jails.push(j);
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                anyhow::Ok(())
+                let hold = std::env::var("BENCH_HOLD")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(2);
+                tokio::time::sleep(Duration::from_secs(hold)).await;
+                let mut cg = 0;
+                for j in &jails {
+                    cg += j.stats().await?.cgroup.memory_current;
+                }
+                anyhow::Ok(cg)
             });
             let after = mem_available_kib();
             let pss: u64 = jails.iter().filter_map(|j| j.pid()).map(pss_kib).sum();
-            if res.is_ok() {
+            if let Ok(cg) = &res {
                 println!(
-                    "jails={n} net={with_net} memavailable_delta_per_jail_kib={} init_pss_total_kib={pss} init_pss_per_jail_kib={}",
+                    "jails={n} net={with_net} memavailable_delta_per_jail_kib={} init_pss_total_kib={pss} init_pss_per_jail_kib={} cgroup_memory_per_jail_kib={}",
                     before.saturating_sub(after) / n as u64,
-                    pss / n as u64
+                    pss / n as u64,
+                    cg / 1024 / n as u64
                 );
             }
             rt.block_on(async {

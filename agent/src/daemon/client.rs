@@ -89,7 +89,9 @@ impl ClientError {
     pub fn retryable(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
-            ClientError::Status { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 202
+            }
             _ => false,
         }
     }
@@ -180,6 +182,16 @@ impl VendorClient {
             .send()
             .await
             .map_err(|e| self.transport(what, &url, e))?;
+        if resp.status() == reqwest::StatusCode::ACCEPTED {
+            // The vendor knows the device but has no plan yet: retry later.
+            return Err(ClientError::Status {
+                vendor: self.vendor.clone(),
+                what,
+                url,
+                status: 202,
+                body: "no plan yet".into(),
+            });
+        }
         let resp = self.ok(what, &url, resp).await?;
         self.body(what, &url, resp, MAX_SIGNED_PLAN).await
     }

@@ -107,11 +107,17 @@ pub fn record_of(ev: &SourceEvent) -> Option<(DeviceRecord, String)> {
     let SourceEvent::Seen(obs) = ev else {
         return None;
     };
-    let bytes = obs.announce.as_ref()?;
+    let raw = obs.announce.as_ref()?;
+    // MQTT carries the bare announce; serial carries it inside a message
+    // (`[kind, announce]`, the announce from byte 2 on).
+    let bytes: &[u8] = match protocol::Message::decode(raw) {
+        Ok(protocol::Message::Announce(_)) => raw.get(2..)?,
+        _ => raw,
+    };
     let a = match protocol::Announce::decode(bytes) {
         Ok(a) => a,
         Err(e) => {
-            tracing::debug!(error = %e, address = obs.address.as_str(), "undecodable announce");
+            tracing::warn!(error = %e, address = obs.address.as_str(), "undecodable announce");
             return None;
         }
     };
@@ -123,7 +129,7 @@ pub fn record_of(ev: &SourceEvent) -> Option<(DeviceRecord, String)> {
             firmware: a.firmware().to_string(),
             transport: obs.transport.to_string(),
             address: obs.address.clone(),
-            announce: bytes.clone(),
+            announce: bytes.to_vec(),
         },
         a.endpoint().to_string(),
     ))

@@ -48,8 +48,8 @@ const QUEUE: usize = 64;
 const MAX_ATTEMPTS: u32 = 5;
 /// Tries of a provisioning request before the item fails.
 const MAX_REQUEST_TRIES: u32 = 6;
-/// How long a stopped jail gets to exit before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Least time between two retries of a failed first request.
+const RETRY_FAILED: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +149,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     tasks.spawn(super::detect::run(d.clone()));
     // Queue what recovery left to do.
     for it in d.store.call(|s| s.items()).await? {
-        if matches!(
-            it.stage,
-            Stage::Detected | Stage::Requested | Stage::Approved
-        ) {
+        // `requested` waits for the device's next announce (see
+        // `device_seen`): the stored one may have been spent already.
+        if matches!(it.stage, Stage::Detected | Stage::Approved) {
             d.enqueue(&it.device.vendor, Job::Drive(it.id)).await;
         }
     }
@@ -287,16 +286,45 @@ impl Daemon {
                 );
                 self.enqueue(&vendor, Job::Drive(id)).await;
             }
-            Some(mut it) => {
-                // Keep where the device is now (its serial port may change).
-                if it.device.address != dev.address || it.device.transport != dev.transport {
-                    it.device.address = dev.address.clone();
-                    it.device.transport = dev.transport.clone();
-                    it.device.announce = dev.announce.clone();
-                    self.put(&it, None).await?;
-                }
-                if it.stage == Stage::Detected {
-                    self.enqueue(&vendor, Job::Drive(it.id)).await;
+            Some(it) => {
+                // Keep where the device is now (its serial port may change)
+                // and its latest announce: vendors refuse a replayed
+                // announce counter, so a new request must carry a fresh one.
+                let d2 = dev.clone();
+                self.store.call(move |s| s.update_device(&d2)).await?;
+                match it.stage {
+                    // A request interrupted by a restart goes again with
+                    // this fresh announce (the old one's counter is spent).
+                    Stage::Detected | Stage::Requested => {
+                        self.enqueue(&vendor, Job::Drive(it.id)).await;
+                    }
+                    // A failed first request is retried when the device
+                    // shows again, at most every RETRY_FAILED.
+                    Stage::Failed
+                        if it.current.is_none()
+                            && now_secs().saturating_sub(it.updated) >= RETRY_FAILED.as_secs() =>
+                    {
+                        let id = it.id;
+                        let moved = self
+                            .store
+                            .call(move |s| {
+                                let Some(mut it) = s.item_by_id(id)? else {
+                                    return Ok(false);
+                                };
+                                if it.stage != Stage::Failed {
+                                    return Ok(false);
+                                }
+                                it.stage = Stage::Requested;
+                                it.updated = now_secs();
+                                s.put(&it, None)?;
+                                Ok(true)
+                            })
+                            .await?;
+                        if moved {
+                            self.enqueue(&vendor, Job::Drive(id)).await;
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -879,7 +907,6 @@ async fn build_and_check(
             results,
         ));
     }
-    let _ = STOP_GRACE;
     Ok((results, j.address()))
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::state::{AuditEntry, Item, RECORD_VERSION};
+use super::state::{AuditEntry, Item, Stage, RECORD_VERSION};
 
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
 const IDS: TableDefinition<u64, &str> = TableDefinition::new("ids");
@@ -272,6 +272,49 @@ impl Store {
         Ok(())
     }
 
+    /// Updates where a device is and its latest announce, reading and
+    /// writing the item in one transaction so that a concurrent stage
+    /// change is never overwritten. Returns whether anything changed.
+    pub fn update_device(&self, dev: &super::state::DeviceRecord) -> Result<bool, StoreError> {
+        let key = super::state::device_key(&dev.vendor, &dev.serial);
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        let changed = {
+            let mut items = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+            let cur = items
+                .get(key.as_str())
+                .map_err(self.err("read item"))?
+                .map(|g| self.decode_item(&key, g.value()))
+                .transpose()?;
+            match cur {
+                Some(mut it)
+                    if it.device.address != dev.address
+                        || it.device.transport != dev.transport
+                        || (it.device.announce != dev.announce
+                            && matches!(
+                                it.stage,
+                                Stage::Detected | Stage::Requested | Stage::Failed
+                            )) =>
+                {
+                    it.device.address = dev.address.clone();
+                    it.device.transport = dev.transport.clone();
+                    it.device.announce = dev.announce.clone();
+                    let bytes = serde_json::to_vec(&it).map_err(|e| StoreError::Record {
+                        path: self.path.clone(),
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    items
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(self.err("write item"))?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(changed)
+    }
+
     /// Removes a device's item (`berth jail-reset` of its last jail).
     pub fn remove(&self, item: &Item, audit: AuditEntry) -> Result<(), StoreError> {
         let key = item.key();
@@ -388,7 +431,7 @@ fn append_audit(
 mod tests {
     use super::*;
     use crate::daemon::state::tests::device;
-    use crate::daemon::state::{now_secs, transition, Stage};
+    use crate::daemon::state::{now_secs, transition};
 
     fn entry(item: u64, decision: &str) -> AuditEntry {
         AuditEntry {
@@ -474,6 +517,24 @@ mod tests {
             .collect();
         assert_eq!(log, ["approve", "deny", "pair", "reset"]);
         assert!(s.item_by_id(7).unwrap().is_none());
+    }
+
+    #[test]
+    fn device_updates_keep_the_stage_written_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let mut it = Item::new(1, device("s1"));
+        s.put(&it, None).unwrap();
+        // A worker moves the item on after the detection task loaded it.
+        transition(&mut it, Stage::Requested).unwrap();
+        s.put(&it, None).unwrap();
+        let mut seen = device("s1");
+        seen.announce = vec![9, 9];
+        assert!(s.update_device(&seen).unwrap());
+        let got = s.item("acme/s1").unwrap().unwrap();
+        assert_eq!(got.stage, Stage::Requested, "stage not overwritten");
+        assert_eq!(got.device.announce, vec![9, 9]);
+        assert!(!s.update_device(&seen).unwrap(), "nothing new");
     }
 
     #[test]

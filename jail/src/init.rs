@@ -181,6 +181,13 @@ fn supervise(p: &ProcessPlan) -> ExitRecord {
 
 fn run_exec(plan: ExecPlan, mut report: fs::File) -> i32 {
     let pidfd = sys::own_fd(FD_EXTRA);
+    // Entering a running jail: until the command's execve, processes of
+    // the jail must not ptrace or open /proc of this host-made helper
+    // (runc's CVE-2016-9962 fix does the same).
+    if let Err(e) = sys::set_not_dumpable() {
+        let _ = writeln!(report, "error PR_SET_DUMPABLE: {e}");
+        return 125;
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -298,7 +305,10 @@ fn apply_and_exec(p: &ProcessPlan) -> Result<Never, StepError> {
         format!("chdir {}", p.cwd)
     })?;
 
-    let path = resolve(&p.args[0], &p.env);
+    let Some(arg0) = p.args.first() else {
+        return Err(StepError("exec: empty argv".into()));
+    };
+    let path = resolve(arg0, &p.env);
     let cpath = step(CString::new(path.clone()), || format!("exec {path}"))?;
     let argv: Vec<CString> = p
         .args

@@ -176,12 +176,17 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
             }
         }
         // Everything else closes on exec (close_range(2), kernel 5.11).
-        libc::syscall(
+        // Fail closed: without it the parent's descriptors (sockets,
+        // other jails' pidfds) would reach the jail.
+        if libc::syscall(
             libc::SYS_close_range,
             FD_TARGET_END as libc::c_uint,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        );
+        ) < 0
+        {
+            child_fail(exec.err_fd);
+        }
         libc::syscall(
             libc::SYS_execveat,
             exec.exe.as_raw_fd(),
@@ -381,6 +386,13 @@ pub fn drop_bounding(cap: u32) -> io::Result<()> {
 /// PR_SET_KEEPCAPS.
 pub fn set_keepcaps(on: bool) -> io::Result<()> {
     prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0)
+}
+
+/// PR_SET_DUMPABLE 0: /proc/PID of this process becomes root-owned and
+/// ptrace needs CAP_SYS_PTRACE in its user namespace's owner; execve of
+/// the payload resets it (prctl(2)).
+pub fn set_not_dumpable() -> io::Result<()> {
+    prctl(libc::PR_SET_DUMPABLE, 0, 0)
 }
 
 /// PR_SET_NO_NEW_PRIVS.

@@ -206,7 +206,7 @@ impl Jail {
                 want: "created",
             });
         }
-        self.check_alive()?;
+        let pidfd = self.check_alive()?.clone();
         let dir = self.dir.clone();
         let mut state = self.state.clone();
         self.state = blocking(move || {
@@ -216,11 +216,22 @@ impl Jail {
                 .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                 .open(&fifo)
                 .map_err(Error::io(format!("open {}", fifo.display())))?;
-            let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+            // Init's pidfd too: a FIFO whose writer never came reports
+            // nothing, so an init that died would cost the whole timeout.
+            let mut pfd = [
+                PollFd::new(f.as_fd(), PollFlags::POLLIN),
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            ];
             let n = poll(&mut pfd, PollTimeout::from(10_000u16))
                 .map_err(Error::nix(format!("poll {}", fifo.display())))?;
             if n == 0 {
                 return Err(Error::Timeout(format!("start {}", fifo.display())));
+            }
+            let fifo_ready = pfd[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            if !fifo_ready {
+                return Err(Error::NotRunning(state.name.to_string()));
             }
             let mut b = [0u8; 1];
             let _ = (&f).read(&mut b);
@@ -329,9 +340,17 @@ impl Jail {
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(r) => r,
             Err(_) => {
-                let fd = self.check_alive()?.clone();
-                sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL)
-                    .map_err(Error::io(format!("SIGKILL jail {}", self.name())))?;
+                // Init may have ended right at the deadline: ESRCH then is
+                // no error, the wait below still returns its exit record.
+                if let Some(fd) = &self.pidfd {
+                    match sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(e) => {
+                            return Err(Error::io(format!("SIGKILL jail {}", self.name()))(e))
+                        }
+                    }
+                }
                 self.wait().await
             }
         }

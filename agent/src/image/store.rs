@@ -435,15 +435,16 @@ impl ImageStore {
                 .map_err(|e| ImageError::io("open", &p2, e))?;
             rustix::fs::flock(&f, FlockOperation::LockExclusive)
                 .map_err(|e| ImageError::io("flock", &p2, e.into()))?;
-            if f2.exists() {
-                // Finished by someone else. If we created a new, empty
-                // partial file after they renamed theirs, remove it.
-                use std::os::unix::fs::MetadataExt;
-                let mine = f.metadata().map_err(|e| ImageError::io("stat", &p2, e))?;
-                let at_path = fs::symlink_metadata(&p2).ok();
-                if mine.len() == 0
-                    && at_path.is_some_and(|m| (m.dev(), m.ino()) == (mine.dev(), mine.ino()))
-                {
+            // Finished by someone else while we waited for the lock: the
+            // final blob is there, or (if they also unpacked it and dropped
+            // the blob) the partial file we hold was renamed away.
+            use std::os::unix::fs::MetadataExt;
+            let mine = f.metadata().map_err(|e| ImageError::io("stat", &p2, e))?;
+            let still_ours = fs::symlink_metadata(&p2)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (mine.dev(), mine.ino()));
+            if f2.exists() || !still_ours {
+                // An empty partial file we created after they finished.
+                if still_ours && mine.len() == 0 {
                     fs::remove_file(&p2).map_err(|e| ImageError::io("remove", &p2, e))?;
                 }
                 return Ok(None);

@@ -231,6 +231,30 @@ pub(crate) async fn push_image(
     layers: &[Vec<u8>],
     arch: (&str, Option<&str>),
 ) -> Pushed {
+    push_image_as(reg, repo, layers, arch, false).await
+}
+
+/// [`push_image`] with Docker v2 schema 2 media types if `docker`.
+pub(crate) async fn push_image_as(
+    reg: &str,
+    repo: &str,
+    layers: &[Vec<u8>],
+    arch: (&str, Option<&str>),
+    docker: bool,
+) -> Pushed {
+    let (manifest_type, config_type, layer_type) = if docker {
+        (
+            manifest::DOCKER_MANIFEST,
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+    } else {
+        (
+            manifest::OCI_MANIFEST,
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    };
     let client = reqwest::Client::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -240,7 +264,7 @@ pub(crate) async fn push_image(
         let d = push_blob(&client, reg, repo, &gz).await;
         diff_ids.push(format!("\"{}\"", Digest::of(l)));
         descs.push(format!(
-            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{}}}"#,
+            r#"{{"mediaType":"{layer_type}","digest":"{d}","size":{}}}"#,
             gz.len()
         ));
         digests.push(d);
@@ -256,19 +280,11 @@ pub(crate) async fn push_image(
     );
     let cd = push_blob(&client, reg, repo, config.as_bytes()).await;
     let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
-        manifest::OCI_MANIFEST,
+        r#"{{"schemaVersion":2,"mediaType":"{manifest_type}","config":{{"mediaType":"{config_type}","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
         config.len(),
         descs.join(",")
     );
-    let md = push_manifest(
-        &client,
-        reg,
-        repo,
-        manifest::OCI_MANIFEST,
-        manifest.as_bytes(),
-    )
-    .await;
+    let md = push_manifest(&client, reg, repo, manifest_type, manifest.as_bytes()).await;
     Pushed {
         reference: Reference::parse(&format!("{reg}/{repo}@{md}")).unwrap(),
         layers: digests,
@@ -1088,4 +1104,49 @@ fn concurrent_pulls_of_one_image_share_the_work() {
         .unwrap();
     assert_eq!((rep.images, rep.layers), (0, 0), "{rep:?}");
     assert!(results[0].layers.iter().all(|l| l.is_dir()));
+}
+
+#[test]
+fn docker_schema2_manifest_list_and_manifest() {
+    let reg = TestRegistry::start();
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    rt.block_on(async {
+        let img = push_image_as(
+            &reg.addr,
+            "vendor/docker",
+            &[base_layer(), layer_tar(&[("etc/app.conf", b"docker\n")])],
+            ("amd64", None),
+            true,
+        )
+        .await;
+        let r = store.pull(&img.reference, &opts()).await.unwrap();
+        assert_eq!(std::fs::read(r.layers[0].join("etc/app.conf")).unwrap(), b"docker\n");
+        assert_eq!(r.config.entrypoint, ["/bin/app"]);
+
+        // A Docker manifest list in front of it.
+        let client = reqwest::Client::new();
+        let body = client
+            .get(format!("http://{}/v2/vendor/docker/manifests/{}", reg.addr, img.reference.digest()))
+            .header("accept", manifest::DOCKER_MANIFEST)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            manifest::DOCKER_LIST,
+            manifest::DOCKER_MANIFEST,
+            img.reference.digest(),
+            body.len()
+        );
+        let ld = push_manifest(&client, &reg.addr, "vendor/docker", manifest::DOCKER_LIST, list.as_bytes()).await;
+        let via_list: Reference = format!("{}/vendor/docker@{ld}", reg.addr).parse().unwrap();
+        let r2 = store.pull(&via_list, &opts()).await.unwrap();
+        assert_eq!(r2.manifest, *img.reference.digest());
+        assert_eq!(r2.layers, r.layers);
+    });
 }

@@ -263,7 +263,7 @@ async fn dispatch(ctx: &Ctx, cmd: JailCommand) -> Result<ExitCode, CliError> {
             let vendor = j.state().vendor.to_string();
             let res = j.delete().await.map_err(jail_err);
             remove_overlay(ctx, &name);
-            let tidy = tidy(ctx, &[vendor], false).await;
+            let tidy = tidy(ctx, &[vendor]).await;
             res.and(tidy)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -378,9 +378,7 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     }
-    // A creator killed between the jail's create and its firewall update
-    // left a complete jail outside the rules: refresh them.
-    let t = tidy(ctx, &vendors, true).await;
+    let t = tidy(ctx, &vendors).await;
     match first_err {
         Some(e) => Err(e),
         None => t,
@@ -390,7 +388,7 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
 /// Removes every vendor bridge of this state dir that no jail uses any
 /// more, the empty cgroups of `vendors`; re-applies the firewall; removes
 /// empty sub-directories of the state dir. Call under the state lock.
-async fn tidy(ctx: &Ctx, vendors: &[String], refresh_firewall: bool) -> Result<(), CliError> {
+async fn tidy(ctx: &Ctx, vendors: &[String]) -> Result<(), CliError> {
     let mut first_err = None;
     let mut bridges = Vec::new();
     if let Ok(rd) = std::fs::read_dir(ctx.net()) {
@@ -401,13 +399,9 @@ async fn tidy(ctx: &Ctx, vendors: &[String], refresh_firewall: bool) -> Result<(
             }
         }
     }
-    let mut bridges_changed = false;
     for bridge in &bridges {
-        match gc_bridge(ctx, bridge).await {
-            Ok(changed) => bridges_changed |= changed,
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+        if let Err(e) = gc_bridge(ctx, bridge).await {
+            first_err.get_or_insert(e);
         }
     }
     for vendor in vendors {
@@ -417,10 +411,8 @@ async fn tidy(ctx: &Ctx, vendors: &[String], refresh_firewall: bool) -> Result<(
             let _ = std::fs::remove_dir(h.join(&ctx.cgroup_parent).join(vendor));
         }
     }
-    if bridges_changed || (refresh_firewall && !bridges.is_empty()) {
-        if let Err(e) = apply_firewall(ctx).await {
-            first_err.get_or_insert(e);
-        }
+    if let Err(e) = sync_firewall(ctx, None).await {
+        first_err.get_or_insert(e);
     }
     for sub in [JAILS_DIR, NET_DIR, OVERLAY_DIR] {
         let _ = std::fs::remove_dir(ctx.state_dir.join(sub));
@@ -477,15 +469,37 @@ pub fn table_name(state_dir: &Path) -> String {
     }
 }
 
-/// Applies NAT egress and vendor isolation for every bridge this state dir
-/// allocates on (one atomic nftables table), or removes the table when
-/// there is none.
-async fn apply_firewall(ctx: &Ctx) -> Result<(), CliError> {
+/// File in the net dir recording the bridges the firewall table was last
+/// written for, so that an unchanged policy is not sent again.
+pub const FIREWALL_RECORD: &str = "firewall.applied";
+
+/// Brings the state dir's nftables table (NAT egress, isolation between
+/// vendor bridges) in line with the bridges it allocates on, plus `extra`
+/// (a bridge about to be created); removes the table when there is none.
+///
+/// The bridges last applied are recorded in [`FIREWALL_RECORD`]; nothing is
+/// sent when they did not change. The record is written before the table
+/// and removed after it, so a crash in between leaves a record that differs
+/// from the truth and the next command rewrites the table.
+async fn sync_firewall(ctx: &Ctx, extra: Option<&NetOptions>) -> Result<(), CliError> {
     let routes = net::host_routes().map_err(|e| CliError::Io {
         what: "read /proc/net/route".into(),
         source: e,
     })?;
-    let mut bridges = Vec::new();
+    let mut bridges: Vec<netns::BridgePolicy> = Vec::new();
+    let policy_of = |bridge: &str, gateway: Ipv4Addr, prefix_len: u8| {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
+        netns::BridgePolicy {
+            bridge: bridge.to_string(),
+            subnet: Ipv4Addr::from(u32::from(gateway) & mask),
+            prefix_len,
+            gateway,
+            host_ports: Vec::new(),
+            allow_to: Vec::new(),
+        }
+    };
     if let Ok(rd) = std::fs::read_dir(ctx.net()) {
         for e in rd.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
@@ -493,40 +507,63 @@ async fn apply_firewall(ctx: &Ctx) -> Result<(), CliError> {
                 continue;
             };
             if let Some(r) = routes.iter().find(|r| r.iface == bridge && r.mask != 0) {
-                let prefix_len = r.mask.count_ones() as u8;
-                bridges.push(netns::BridgePolicy {
-                    bridge: bridge.to_string(),
-                    subnet: r.dest,
-                    prefix_len,
-                    gateway: Ipv4Addr::from(u32::from(r.dest) + 1),
-                    host_ports: Vec::new(),
-                    allow_to: Vec::new(),
-                });
+                let gateway = Ipv4Addr::from(u32::from(r.dest) + 1);
+                bridges.push(policy_of(bridge, gateway, r.mask.count_ones() as u8));
             }
         }
+    }
+    if let Some(n) = extra {
+        if !bridges.iter().any(|b| b.bridge == n.bridge) {
+            bridges.push(policy_of(&n.bridge, n.gateway, n.prefix_len));
+        }
+    }
+    bridges.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+    let record: String = bridges
+        .iter()
+        .map(|b| format!("{} {}/{}\n", b.bridge, b.gateway, b.prefix_len))
+        .collect();
+    let record_path = ctx.net().join(FIREWALL_RECORD);
+    let recorded = std::fs::read_to_string(&record_path).unwrap_or_default();
+    if record == recorded {
+        return Ok(());
     }
     let fw = netns::Firewall::new(&table_name(&ctx.state_dir));
     let policy = netns::Policy {
         uplink_masquerade: !bridges.is_empty(),
         bridges,
     };
+    let net_dir = ctx.net();
     blocking(move || {
-        let r = if policy.bridges.is_empty() {
-            fw.remove()
-        } else {
-            if !netns::ipv4_forwarding().unwrap_or(false) {
-                // NAT egress needs forwarding (ip(7), ip_forward).
-                netns::set_ipv4_forwarding(true).map_err(|e| CliError::Net {
-                    what: "enable ipv4 forwarding".into(),
-                    source: Box::new(e),
-                })?;
+        let net_err = |what: String| {
+            move |e| CliError::Net {
+                what,
+                source: Box::new(e),
             }
-            fw.apply(&policy)
         };
-        r.map_err(|e| CliError::Net {
-            what: format!("firewall table {}", fw.table()),
-            source: Box::new(e),
-        })
+        if policy.bridges.is_empty() {
+            fw.remove()
+                .map_err(net_err(format!("remove firewall table {}", fw.table())))?;
+            return match std::fs::remove_file(&record_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::Io {
+                    what: format!("remove {}", record_path.display()),
+                    source: e,
+                }),
+                _ => Ok(()),
+            };
+        }
+        std::fs::create_dir_all(&net_dir).map_err(|e| CliError::Io {
+            what: format!("create {}", net_dir.display()),
+            source: e,
+        })?;
+        jail::state::write_atomic(&record_path, record.as_bytes())
+            .map_err(|e| CliError::Jail(e.to_string()))?;
+        if !netns::ipv4_forwarding().unwrap_or(false) {
+            // NAT egress needs forwarding (ip(7), ip_forward).
+            netns::set_ipv4_forwarding(true)
+                .map_err(net_err("enable ipv4 forwarding".to_string()))?;
+        }
+        fw.apply(&policy)
+            .map_err(net_err(format!("firewall table {}", fw.table())))
     })
     .await
 }
@@ -721,23 +758,23 @@ async fn create_locked(
         }
     }
     let vendors = [opts.vendor.clone()];
-    let jail = match Jail::create(spec).await {
-        Ok(j) => j,
-        Err(e) => {
+    // The rules go in before the bridge and the jail exist, so that no
+    // crash can leave a jail on a bridge outside them.
+    if let Some(n) = &spec.network {
+        if let Err(e) = sync_firewall(ctx, Some(n)).await {
             remove_overlay(ctx, name);
-            let _ = tidy(ctx, &vendors, false).await;
-            return Err(jail_err(e));
-        }
-    };
-    if opts.net {
-        if let Err(e) = apply_firewall(ctx).await {
-            let _ = jail.delete().await;
-            remove_overlay(ctx, name);
-            let _ = tidy(ctx, &vendors, false).await;
+            let _ = tidy(ctx, &vendors).await;
             return Err(e);
         }
     }
-    Ok(jail)
+    match Jail::create(spec).await {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            remove_overlay(ctx, name);
+            let _ = tidy(ctx, &vendors).await;
+            Err(jail_err(e))
+        }
+    }
 }
 
 async fn cmd_create(
@@ -765,7 +802,7 @@ async fn cmd_run(
         let _lock = lock_state(ctx, true).await?;
         let r = jail.delete().await.map_err(jail_err);
         remove_overlay(ctx, name);
-        let t = tidy(ctx, &[vendor], false).await;
+        let t = tidy(ctx, &[vendor]).await;
         r.and(t)
     };
     let rec = outcome?;

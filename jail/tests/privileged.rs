@@ -597,17 +597,54 @@ impl Drop for FirewallGuard {
     }
 }
 
+/// The IPv4 routes of the host as (network, prefix length).
+fn host_routes() -> Vec<(u32, u32)> {
+    let t = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    t.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            // /proc/net/route prints the network-order word as a host
+            // integer.
+            Some((u32::from_be(dest), mask.count_ones()))
+        })
+        .collect()
+}
+
+/// Gateway `10.<second>.x.1` of a /24 that no host route overlaps: the
+/// agent's pool (10.213.0.0/16) and other suites' bridges may exist on
+/// the machine at the same time, and an overlapping route sends the
+/// replies elsewhere.
+fn free_gateway(second: u8) -> std::net::Ipv4Addr {
+    let routes = host_routes();
+    let start = std::process::id();
+    for k in 0..200u32 {
+        let x = ((start + k * 7) % 200 + 20) as u8;
+        let net = u32::from(std::net::Ipv4Addr::new(10, second, x, 0));
+        let clash = routes.iter().any(|&(r, len)| {
+            let len = len.min(24);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            r & mask == net & mask && len > 0
+        });
+        if !clash {
+            return std::net::Ipv4Addr::new(10, second, x, 1);
+        }
+    }
+    panic!("precondition missing: no free 10.{second}.x.0/24 (routes cover them all)");
+}
+
 #[test]
 #[ignore = "privileged: needs root"]
 fn vendors_on_different_bridges_are_isolated() {
     let mut env = Env::new();
     let pid = std::process::id();
-    let octet = (pid % 200) as u8 + 20;
     let mut nets = Vec::new();
     for (i, v) in ["va", "vb"].iter().enumerate() {
         let bridge = format!("bt{}{}", pid % 1_000_000, ["a", "b"][i]);
         env.bridges.push(bridge.clone());
-        let gateway = std::net::Ipv4Addr::new(10, 213 + i as u8, octet, 1);
+        let gateway = free_gateway(226 + i as u8);
         nets.push((
             *v,
             jail::NetOptions {

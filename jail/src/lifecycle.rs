@@ -163,7 +163,9 @@ impl Jail {
     /// Creates the jail: everything set up, init waiting for [`start`].
     ///
     /// On failure every object made so far is removed; a cleanup failure is
-    /// reported beside the original error.
+    /// reported beside the original error. Not cancel-safe: a future
+    /// dropped midway leaves a `creating` record (and what it names),
+    /// which [`recover`] removes.
     ///
     /// [`start`]: Jail::start
     pub async fn create(spec: JailSpec) -> Result<Jail, Error> {
@@ -1073,7 +1075,14 @@ fn exec_blocking(
         return Err(e);
     }
     let (stdout, stderr) = match (out_pipe, err_pipe) {
-        (Some(o), Some(e)) => drain(o, e)?,
+        (Some(o), Some(e)) => match drain(o, e) {
+            Ok(out) => out,
+            Err(err) => {
+                // Leave no helper (or zombie) behind the error.
+                kill(&s);
+                return Err(err);
+            }
+        },
         _ => (Vec::new(), Vec::new()),
     };
     let code = match sys::waitid_pidfd(s.pidfd.as_fd(), false).map_err(Error::io("wait exec"))? {

@@ -602,3 +602,124 @@ fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
     }
     rig.env.assert_no_leftovers(&[&rig.vendor]);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn berthd_killed_at_random_points_comes_back_and_converges() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    let trials: u32 = std::env::var("BERTH_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    // xorshift seeded from the pid: different kill points on every run,
+    // printed so that a failing run can be told apart.
+    let mut x = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for t in 0..trials {
+        let mut first = rig.start_berthd();
+        assert!(
+            wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+            "trial {t}: no pending request"
+        );
+        let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+        let r = api(&rig.sock, serde_json::json!({"op": "approve", "id": id}));
+        assert_eq!(r["result"], "ok", "trial {t}: {r}");
+        let delay = Duration::from_millis(next() % 900);
+        std::thread::sleep(delay);
+        let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = first.child.wait();
+        eprintln!("trial {t}: killed berthd {delay:?} after approving request {id}");
+
+        let mut second = rig.start_berthd();
+        assert!(
+            wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+            "trial {t} (killed after {delay:?}): did not converge: {:?}",
+            devices(&rig.sock)
+        );
+        assert!(
+            rig.pending().is_none(),
+            "trial {t}: the approval was asked again"
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || rig.host_jails() == (1, 1)),
+            "trial {t}: jails and overlays on the host: {:?}",
+            rig.host_jails()
+        );
+        let jails = rig.jails();
+        assert_eq!(jails.len(), 1, "trial {t}: {jails:?}");
+        let addr = jails[0]["address"].as_str().unwrap().to_string();
+        assert_eq!(
+            http_get(&addr, 8080, "/version").as_deref(),
+            Some("1\n"),
+            "trial {t}: the app does not answer"
+        );
+        // Start over: the device is provisioned anew by the next trial.
+        let name = jails[0]["name"].as_str().unwrap().to_string();
+        let r = api(
+            &rig.sock,
+            serde_json::json!({"op": "jail-reset", "jail": name}),
+        );
+        assert_eq!(r["result"], "ok", "trial {t}: {r}");
+        assert_eq!(
+            rig.host_jails(),
+            (0, 0),
+            "trial {t}: reset left a jail behind"
+        );
+        second.stop();
+    }
+    // Every approval is in the audit trail of the store, and nothing is
+    // left on the host.
+    rig.remove_jails();
+    for f in ["berthd.redb", "images", "mqtt", "data"] {
+        let p = rig.state.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    rig.env.assert_no_leftovers(&[&rig.vendor]);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_plan_signed_with_another_key_is_refused_and_nothing_is_built() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    // The registry lists a key the vendor did not sign with.
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    let other = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+    let key_line = text
+        .lines()
+        .find(|l| l.starts_with("key = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &rig.config,
+        text.replace(&key_line, &format!("key = \"{other}\"")),
+    )
+    .unwrap();
+    let _daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || devices(&rig.sock)
+            .iter()
+            .any(|d| d["stage"] == "failed")),
+        "request not refused: {:?}",
+        devices(&rig.sock)
+    );
+    let d = devices(&rig.sock);
+    let err = d[0]["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("signature does not verify"),
+        "error names the signature: {err}"
+    );
+    assert!(rig.pending().is_none());
+    assert_eq!(
+        rig.host_jails(),
+        (0, 0),
+        "a jail was built for a forged plan"
+    );
+}

@@ -31,6 +31,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Schema of the tables above.
 pub const SCHEMA: u64 = 1;
 
+/// How long opening waits for a lock held by another process.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// File name of the store in the state dir.
 pub const STORE_FILE: &str = "berthd.redb";
 
@@ -91,11 +94,27 @@ impl Store {
     /// Opens (creating if needed) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| StoreError::Db {
-            path: path.clone(),
-            what: "open",
-            source: Box::new(e.into()),
-        })?;
+        // After a `kill -9` the store's lock can outlive the daemon for a
+        // moment: a jail child cloned just before the kill holds the file
+        // until it execs (the fd is close-on-exec) or exits. Wait for it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match Database::create(&path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(StoreError::Db {
+                        path: path.clone(),
+                        what: "open",
+                        source: Box::new(e.into()),
+                    })
+                }
+            }
+        };
         let s = Store {
             db: Arc::new(db),
             path,

@@ -357,3 +357,131 @@ pub fn verify(
     }
     Ok(sp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ed25519_dalek::SigningKey;
+    use protocol::provision::{
+        key_id, App, DevicePassthrough, ImageRef, JailMode, JailPlan, NetworkPolicy, Plan,
+        Resources, FORMAT,
+    };
+
+    fn plan(vendor: &str, serial: &str) -> Plan {
+        Plan {
+            format: FORMAT,
+            plan_id: "p1".into(),
+            version: 2,
+            vendor: vendor.into(),
+            model: "M".into(),
+            serial: serial.into(),
+            jail: JailPlan {
+                name: "app".into(),
+                mode: JailMode::CreateOrReuse,
+                resources: Resources {
+                    memory: 64 << 20,
+                    cpu_millis: 500,
+                    pids: 64,
+                },
+                network: NetworkPolicy {
+                    enabled: true,
+                    host_ports: vec![],
+                },
+                devices: DevicePassthrough { serial: false },
+                volumes: vec![],
+            },
+            apps: vec![App {
+                name: "web".into(),
+                image: ImageRef::parse(&format!(
+                    "localhost:5000/acme/web@sha256:{}",
+                    "a".repeat(64)
+                ))
+                .unwrap(),
+                command: vec![],
+                args: vec![],
+                env: Default::default(),
+                mounts: vec![],
+                checks: vec![],
+            }],
+        }
+    }
+
+    fn spec(id: &str, key: &SigningKey) -> VendorSpec {
+        VendorSpec {
+            id: id.into(),
+            url: "http://127.0.0.1:1".into(),
+            key: key.verifying_key(),
+            ca_file: None,
+            approval: crate::daemon::config::Approval::Manual,
+        }
+    }
+
+    fn signed(p: &Plan, key: &SigningKey) -> Vec<u8> {
+        SignedPlan::sign(p, key, &key_id(&key.verifying_key())).unwrap()
+    }
+
+    #[test]
+    fn verifies_only_the_registry_key_vendor_and_device() {
+        let acme = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let good = signed(&plan("acme", "S1"), &acme);
+        let sp = verify(&good, &spec("acme", &acme), "M", "S1").unwrap();
+        assert_eq!(sp.plan.version, 2);
+        // Another key: a forged plan.
+        let e = verify(
+            &signed(&plan("acme", "S1"), &other),
+            &spec("acme", &acme),
+            "M",
+            "S1",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "signed plan signature does not verify under the vendor's key"
+        );
+        // Signed by the right key but naming another vendor.
+        let e = verify(
+            &signed(&plan("globex", "S1"), &acme),
+            &spec("acme", &acme),
+            "M",
+            "S1",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plan is from vendor `globex`, expected `acme`"
+        );
+        // For another device of the vendor.
+        let e = verify(&good, &spec("acme", &acme), "M", "S2").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plan p1 is for device M/S1, not for this one"
+        );
+        // A flipped byte.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert!(verify(&bad, &spec("acme", &acme), "M", "S1").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_vendor_is_a_retryable_transport_error() {
+        let acme = SigningKey::from_bytes(&[1; 32]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = spec("acme", &acme);
+        s.url = format!("http://127.0.0.1:{port}");
+        let c = VendorClient::new(&s, Duration::from_secs(2)).unwrap();
+        let e = c.fetch_plan("p1", None).await.unwrap_err();
+        assert!(e.retryable(), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "vendor acme: GET http://127.0.0.1:{port}/v1/plans/p1:"
+            )),
+            "{e}"
+        );
+    }
+}

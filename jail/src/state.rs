@@ -184,7 +184,7 @@ pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
 pub fn proc_start_time(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     // rest starts at field 3; start time is field 22.
     rest.split_whitespace().nth(19)?.parse().ok()
 }

@@ -238,6 +238,8 @@ struct Rig {
     config: PathBuf,
     state: PathBuf,
     sock: PathBuf,
+    vport: u16,
+    vkey: PathBuf,
     // Dropped (ended) in reverse order of start.
     peers: Vec<Peer>,
 }
@@ -259,6 +261,33 @@ impl Rig {
             .vendor_cmd()
             .args(["publish", "--model", MODEL, "--template"])
             .arg(&f));
+    }
+
+    /// `berth-vendor serve` on the rig's port with database `db`.
+    fn serve_vendor(&self, db: &Path) -> Peer {
+        let mut c = Command::new(&self.vendor_bin);
+        c.arg("--db")
+            .arg(db)
+            .args([
+                "serve",
+                "--insecure-http",
+                "--listen",
+                &format!("127.0.0.1:{}", self.vport),
+                "--key",
+            ])
+            .arg(&self.vkey);
+        let n = std::fs::read_dir(&self.work).unwrap().count();
+        let p = Peer::spawn("berth-vendor", c, self.work.join(format!("vendor-{n}.log")));
+        let port = self.vport;
+        assert!(
+            wait_until(Duration::from_secs(20), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "berth-vendor did not come up"
+        );
+        p
     }
 
     fn start_berthd(&self) -> Peer {
@@ -494,6 +523,8 @@ approval = "manual"
         config,
         state,
         sock,
+        vport,
+        vkey,
         peers,
     }
 }
@@ -722,4 +753,60 @@ fn a_plan_signed_with_another_key_is_refused_and_nothing_is_built() {
         (0, 0),
         "a jail was built for a forged plan"
     );
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_replayed_older_plan_version_is_refused() {
+    let mut rig = setup();
+    rig.publish(1, V1, "");
+    let daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+        "no pending request"
+    );
+    let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+    api(&rig.sock, serde_json::json!({"op": "approve", "id": id}));
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "v1 not running"
+    );
+
+    // Keep the vendor's database as it was at version 1 (stopped, so the
+    // WAL is checkpointed into the file).
+    rig.peers[1].stop();
+    let old_db = rig.work.join("vendor-v1.db");
+    std::fs::copy(&rig.db, &old_db).unwrap();
+    let db = rig.db.clone();
+    rig.peers[1] = rig.serve_vendor(&db);
+    rig.publish(
+        2,
+        "echo 2 > /www/version; exec httpd -f -p 8080 -h /www",
+        "",
+    );
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 2)),
+        "v2 not running"
+    );
+
+    // A server replaying the signed version 1: refused, version 2 stays.
+    rig.peers[1].stop();
+    rig.peers[1] = rig.serve_vendor(&old_db);
+    assert!(
+        wait_until(Duration::from_secs(30), || daemon
+            .log()
+            .contains("version 1 is older than version 2 already accepted")),
+        "replay not refused; berthd log:\n{}",
+        daemon.log()
+    );
+    assert!(rig.stage_is("running", 2), "{:?}", devices(&rig.sock));
+    assert!(
+        wait_until(Duration::from_secs(30), || rig.jails().len() == 1),
+        "{:?}",
+        rig.jails()
+    );
+    let addr = rig.jails()[0]["address"].as_str().unwrap().to_string();
+    assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("2\n"));
+    drop(daemon);
+    rig.remove_jails();
 }

@@ -810,3 +810,165 @@ fn a_replayed_older_plan_version_is_refused() {
     drop(daemon);
     rig.remove_jails();
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_running_vendor_gets_broker_credentials_limited_to_its_topics() {
+    for (p, what) in [
+        ("/usr/sbin/mosquitto", "apt-get install mosquitto"),
+        (
+            "/usr/bin/mosquitto_pub",
+            "apt-get install mosquitto-clients",
+        ),
+        (
+            "/usr/bin/mosquitto_sub",
+            "apt-get install mosquitto-clients",
+        ),
+    ] {
+        require_path(p, what);
+    }
+    let mut rig = setup();
+    rig.publish(1, V1, "");
+    // A broker that reads berthd's ACL and password files.
+    let acl = rig.work.join("berth.acl");
+    let pw = rig.work.join("berth.passwd");
+    std::fs::write(&acl, "").unwrap();
+    std::fs::write(&pw, "").unwrap();
+    // mosquitto reads its files as its own user after dropping root; the
+    // files berthd rewrites keep this owner and mode.
+    let user = nix::unistd::User::from_name("mosquitto")
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!("precondition missing: user mosquitto (apt-get install mosquitto)")
+        });
+    for f in [&acl, &pw] {
+        std::os::unix::fs::chown(f, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let port = free_port();
+    let conf = rig.work.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
+            pw.display(),
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let mut m = Command::new("/usr/sbin/mosquitto");
+    m.arg("-c").arg(&conf);
+    let broker = Peer::spawn("mosquitto", m, rig.work.join("mosquitto.log"));
+    let pid_file = rig.work.join("mosquitto.pid");
+    std::fs::write(&pid_file, format!("{}\n", broker.child.id())).unwrap();
+    rig.peers.push(broker);
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "mosquitto did not come up"
+    );
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    let at = text.find("[detect]").unwrap();
+    text.insert_str(
+        at,
+        &format!(
+            "[mqtt_routing]\nacl_file = \"{}\"\npassword_file = \"{}\"\npid_file = \"{}\"\nbroker = \"10.213.0.1:{port}\"\n",
+            acl.display(),
+            pw.display(),
+            pid_file.display()
+        ),
+    );
+    std::fs::write(&rig.config, text).unwrap();
+
+    let daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+        "no pending request"
+    );
+    let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+    api(&rig.sock, serde_json::json!({"op": "approve", "id": id}));
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "not running"
+    );
+    let v = rig.vendor.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&acl)
+            .unwrap_or_default()
+            .contains(&format!("user {v}\ntopic readwrite berth/dev/{v}/#"))),
+        "acl: {:?}",
+        std::fs::read_to_string(&acl)
+    );
+    // The jail's credentials sit in its own rootfs.
+    let jail = rig.jails()[0]["name"].as_str().unwrap().to_string();
+    let creds = std::fs::read_to_string(
+        rig.state
+            .join("overlay")
+            .join(&jail)
+            .join("upper/etc/berth/mqtt.conf"),
+    )
+    .unwrap();
+    let password = creds
+        .lines()
+        .find_map(|l| l.strip_prefix("password="))
+        .unwrap()
+        .to_string();
+    assert!(creds.contains(&format!("username={v}\n")), "{creds}");
+    // Give the broker a moment to reload on SIGHUP, then use them: the
+    // vendor's own topics pass, another vendor's do not.
+    std::thread::sleep(Duration::from_millis(500));
+    let sub = Command::new("/usr/bin/mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            &v,
+            "-P",
+            &password,
+        ])
+        .args(["-t", "berth/dev/#", "-v", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let publish = |topic: &str, user: &str, pass: &str| {
+        Command::new("/usr/bin/mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                user,
+                "-P",
+                pass,
+            ])
+            .args(["-t", topic, "-m", "hello"])
+            .output()
+            .unwrap()
+    };
+    publish("berth/dev/othervendor/x", &v, &password);
+    let ok = publish(&format!("berth/dev/{v}/meter"), &v, &password);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = publish(&format!("berth/dev/{v}/meter"), &v, "wrong-password");
+    assert!(!bad.status.success(), "a wrong password was accepted");
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("berth/dev/{v}/meter hello\n"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(daemon);
+    rig.remove_jails();
+}

@@ -165,9 +165,12 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-/// Temp file, fsync, rename, fsync the directory (STYLE §5).
+/// Temp file, fsync, rename, fsync the directory (STYLE §5). When `path`
+/// exists, the new file keeps its owner and mode (the broker may read its
+/// files as its own user); else it is root's with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let keep = std::fs::metadata(path).ok();
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -184,6 +187,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
+        if let Some(m) = &keep {
+            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -228,5 +235,10 @@ mod tests {
         write_atomic(&f, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "two");
         assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&f, b"three", 0o600).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "an existing file keeps its mode");
     }
 }

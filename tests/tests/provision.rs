@@ -240,6 +240,8 @@ struct Rig {
     sock: PathBuf,
     vport: u16,
     vkey: PathBuf,
+    fake_device: PathBuf,
+    dev1: PathBuf,
     // Dropped (ended) in reverse order of start.
     peers: Vec<Peer>,
 }
@@ -288,6 +290,23 @@ impl Rig {
             "berth-vendor did not come up"
         );
         p
+    }
+
+    /// The fake device on its end of the pty pair.
+    fn start_device(&mut self) {
+        let mut fd = Command::new(&self.fake_device);
+        fd.arg(&self.dev1).args([
+            "--vendor",
+            &self.vendor,
+            "--model",
+            MODEL,
+            "--serial",
+            &self.serial,
+            "--endpoint",
+            &format!("http://127.0.0.1:{}", self.vport),
+        ]);
+        let p = Peer::spawn("fake-device", fd, self.work.join("device.log"));
+        self.peers.push(p);
     }
 
     fn start_berthd(&self) -> Peer {
@@ -367,6 +386,12 @@ impl Drop for Rig {
 }
 
 fn setup() -> Rig {
+    let mut rig = setup_without_device();
+    rig.start_device();
+    rig
+}
+
+fn setup_without_device() -> Rig {
     require_root();
     for (p, what) in [
         (
@@ -473,18 +498,6 @@ fn setup() -> Rig {
         wait_until(Duration::from_secs(10), || dev0.exists() && dev1.exists()),
         "no pty pair"
     );
-    let mut fd = Command::new(&fake_device);
-    fd.arg(&dev1).args([
-        "--vendor",
-        &vendor,
-        "--model",
-        MODEL,
-        "--serial",
-        &serial,
-        "--endpoint",
-        &vurl,
-    ]);
-    peers.push(Peer::spawn("fake-device", fd, work.join("device.log")));
 
     let state = env.state_dir.clone();
     let config = work.join("berthd.toml");
@@ -525,6 +538,8 @@ approval = "manual"
         sock,
         vport,
         vkey,
+        fake_device,
+        dev1,
         peers,
     }
 }
@@ -543,6 +558,13 @@ fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let req = rig.pending().unwrap();
+    // Only root may talk to berthd: the socket is 0600 and root's.
+    let meta = std::fs::metadata(&rig.sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     assert_eq!(req["vendor"], rig.vendor.as_str());
     assert_eq!(req["serial"], rig.serial.as_str());
     assert_eq!(rig.host_jails(), (0, 0), "a jail was built before approval");
@@ -970,5 +992,51 @@ fn a_running_vendor_gets_broker_credentials_limited_to_its_topics() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(daemon);
+    rig.remove_jails();
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_pairing_window_approves_the_vendors_new_devices() {
+    let mut rig = setup_without_device();
+    rig.publish(1, V1, "");
+    let _daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(30), || try_api(
+            &rig.sock,
+            serde_json::json!({"op": "status"})
+        )
+        .is_some()),
+        "berthd did not come up"
+    );
+    // Only vendors of the registry can be paired.
+    let r = api(
+        &rig.sock,
+        serde_json::json!({"op": "pair", "vendor": "nobody", "secs": 60}),
+    );
+    assert_eq!(
+        (r["result"].as_str(), r["usage"].as_bool()),
+        (Some("error"), Some(true)),
+        "{r}"
+    );
+    let r = api(
+        &rig.sock,
+        serde_json::json!({"op": "pair", "vendor": rig.vendor, "secs": 600}),
+    );
+    assert_eq!(r["result"], "ok", "{r}");
+    let status = api(&rig.sock, serde_json::json!({"op": "status"}));
+    assert_eq!(
+        status["data"]["pairing"][0],
+        rig.vendor.as_str(),
+        "{status}"
+    );
+    // The device shows while the window is open: no technician needed.
+    rig.start_device();
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "not provisioned by the pairing window: {:?}",
+        devices(&rig.sock)
+    );
+    assert!(rig.pending().is_none());
     rig.remove_jails();
 }

@@ -207,6 +207,7 @@ memory_mib = 64
 cpu_millis = 500
 pids = 64
 network = true
+serial = true
 
 [[app]]
 name = "web"
@@ -548,7 +549,12 @@ approval = "manual"
 #[ignore = "privileged: needs root"]
 fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
     let rig = setup();
-    rig.publish(1, V1, "");
+    // The device's serial node is passed into the jail (and checked there).
+    rig.publish(
+        1,
+        V1,
+        "\n[[app.check]]\nfile = \"/dev/berth-serial0\"\ntimeout_ms = 2000\n",
+    );
     let mut daemon = rig.start_berthd();
 
     // The request waits for a technician; nothing is built meanwhile.

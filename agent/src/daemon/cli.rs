@@ -366,6 +366,65 @@ mod tests {
         assert!(lines[1].starts_with("3     acme"), "{text}");
     }
 
+    /// A one-shot fake berthd on `<dir>/berthd.sock` answering `resp`;
+    /// returns what it was asked.
+    fn fake_daemon(dir: &Path, resp: Response) -> std::thread::JoinHandle<Request> {
+        use std::io::{Read, Write as _};
+        let l =
+            std::os::unix::net::UnixListener::bind(super::super::config::socket_path(dir)).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut buf = vec![0; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).unwrap();
+            let out = serde_json::to_vec(&resp).unwrap();
+            s.write_all(&(out.len() as u32).to_be_bytes()).unwrap();
+            s.write_all(&out).unwrap();
+            serde_json::from_slice(&buf).unwrap()
+        })
+    }
+
+    #[test]
+    fn refusals_exit_2_and_failures_exit_1() {
+        let d = tempfile::tempdir().unwrap();
+        let srv = fake_daemon(d.path(), Response::usage("no request 9"));
+        let e = run_client(DaemonCommand::Approve { id: 9 }, d.path()).unwrap_err();
+        assert_eq!(srv.join().unwrap(), Request::Approve { id: 9 });
+        assert_eq!(
+            (e.exit_code(), e.to_string()),
+            (2, "no request 9".to_string())
+        );
+        std::fs::remove_file(d.path().join("berthd.sock")).unwrap();
+        let srv = fake_daemon(d.path(), Response::failure("state store broke"));
+        let e = run_client(DaemonCommand::Status { json: true }, d.path()).unwrap_err();
+        srv.join().unwrap();
+        assert_eq!(e.exit_code(), 1);
+        std::fs::remove_file(d.path().join("berthd.sock")).unwrap();
+        let srv = fake_daemon(
+            d.path(),
+            Response::Ok {
+                data: serde_json::json!({"id": 4, "stage": "denied"}),
+            },
+        );
+        let code = run_client(
+            DaemonCommand::Deny {
+                id: 4,
+                reason: Some("wrong site".into()),
+            },
+            d.path(),
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(
+            srv.join().unwrap(),
+            Request::Deny {
+                id: 4,
+                reason: Some("wrong site".into())
+            }
+        );
+    }
+
     #[test]
     fn no_daemon_is_a_failure_naming_the_socket() {
         let d = tempfile::tempdir().unwrap();

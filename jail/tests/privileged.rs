@@ -911,3 +911,88 @@ fn mount_destinations_resolve_inside_the_rootfs() {
     assert!(inside.join("probe").is_file());
     assert_no_leaks(&spec);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn creator_killed_after_init_joined_its_cgroup_is_recovered() {
+    let env = Env::new();
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/create-jail");
+    if !example.is_file() {
+        panic!(
+            "precondition missing: {} (built by cargo test)",
+            example.display()
+        );
+    }
+    // Stop the creator once init is in the jail's cgroup: from there on
+    // nothing but the `creating` record tells recover about it (pid and
+    // address are persisted only with phase `created`).
+    for attempt in 0..10 {
+        let name = unique("rci");
+        let spec = env.spec(&name, "sleep 1000");
+        let mut child = std::process::Command::new(&example)
+            .args([
+                name.as_str(),
+                "acme",
+                env.state_root().to_str().unwrap(),
+                env.cgroup_parent.as_str(),
+                env.rootfs().to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let procs: Vec<_> = testing::cgroup_dirs(&spec.cgroup_path)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        let members = || -> Vec<i32> {
+            procs
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .flat_map(|s| {
+                    s.lines()
+                        .filter_map(|l| l.parse().ok())
+                        .collect::<Vec<i32>>()
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while members().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let inits = members();
+        assert!(!inits.is_empty(), "init never joined the cgroup");
+        let dir = env.state_root().join(&name);
+        let phase = jail::JailState::load(&dir).map(|s| s.phase);
+        eprintln!("attempt {attempt}: phase {phase:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let state_root = env.state_root();
+        let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
+        if matches!(phase, Ok(jail::Phase::Creating)) {
+            assert_eq!(removed, vec![name], "attempt {attempt}");
+            for p in inits {
+                let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| !s.contains(") Z "))
+                    .unwrap_or(false);
+                assert!(!alive, "process {p} of the jail survived recover");
+            }
+            assert_no_leaks(&spec);
+            return;
+        }
+        assert!(removed.is_empty(), "{removed:?}");
+        let j = rt()
+            .block_on(Jail::adopt(&env.state_root(), &name))
+            .unwrap();
+        rt().block_on(j.delete()).unwrap();
+        assert_no_leaks(&spec);
+    }
+    panic!("create always finished before the creator could be stopped");
+}

@@ -1046,3 +1046,47 @@ fn a_pairing_window_approves_the_vendors_new_devices() {
     assert!(rig.pending().is_none());
     rig.remove_jails();
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_denied_request_builds_nothing_and_is_reported_refused() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    let _daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+        "no pending request"
+    );
+    let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+    let r = api(
+        &rig.sock,
+        serde_json::json!({"op": "deny", "id": id, "reason": "not on this site"}),
+    );
+    assert_eq!(r["result"], "ok", "{r}");
+    let report = || {
+        let text = run(rig.vendor_cmd().args(["reports", "--json"]));
+        let all: Value = serde_json::from_str(&text).unwrap();
+        all.as_array().unwrap().first().cloned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || report().is_some()),
+        "no report"
+    );
+    let rep = report().unwrap();
+    assert_eq!(rep["state"], "refused", "{rep}");
+    assert!(
+        rep["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not on this site"),
+        "{rep}"
+    );
+    let d = devices(&rig.sock);
+    assert_eq!(d[0]["stage"], "denied", "{d:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        rig.host_jails(),
+        (0, 0),
+        "a jail was built for a denied request"
+    );
+}

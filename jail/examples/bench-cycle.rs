@@ -6,8 +6,9 @@
 //! /bin/true`; prints the medians.
 //!
 //! `bench-cycle idle N [net]`: creates and starts N jails running `sleep`,
-//! prints the MemAvailable delta per jail and the summed Pss of their init
-//! processes, then deletes them.
+//! prints the MemAvailable delta per jail (signed: on a shared machine
+//! other processes move it too), the summed Pss of their init processes
+//! and the memory charged to their cgroups, then deletes them.
 //!
 //! Everything it creates (temp dir, cgroup parent, bridge) has a name with
 //! its pid and is removed at the end, also after a failed round.
@@ -185,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             if let Ok(cg) = &res {
                 println!(
                     "jails={n} net={with_net} memavailable_delta_per_jail_kib={} init_pss_total_kib={pss} init_pss_per_jail_kib={} cgroup_memory_per_jail_kib={}",
-                    before.saturating_sub(after) / n as u64,
+                    (before as i64 - after as i64) / n as i64,
                     pss / n as u64,
                     cg / 1024 / n as u64
                 );

@@ -589,6 +589,14 @@ fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
         .expect("jail address")
         .to_string();
     assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("1\n"));
+    // The vendor's bridge is under the state dir's firewall table
+    // (isolation from other vendors, NAT egress).
+    let table = berth_tests::host::nft_table_name(&rig.state);
+    assert_eq!(
+        berth_tests::host::nft_table_exists(&table),
+        Some(true),
+        "no table {table}"
+    );
 
     // An update: published, polled, applied, no technician.
     rig.publish(

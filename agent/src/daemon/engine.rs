@@ -876,6 +876,9 @@ async fn build_and_check(
     let mut j = jail::Jail::create(spec)
         .await
         .map_err(|e| e0(format!("create jail {name}: {e}")))?;
+    // Isolation from other vendors' bridges and NAT egress, before the app
+    // runs.
+    jails::refresh_firewall(&d.layout).await;
     // Delivering: start the app.
     transition(it, Stage::Delivering).map_err(|e| e0(e.to_string()))?;
     d.put(it, None).await.map_err(|e| e0(e.to_string()))?;

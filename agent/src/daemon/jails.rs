@@ -353,6 +353,60 @@ pub async fn gc_bridges(layout: &Layout) {
             Err(err) => tracing::warn!(error = %err, "cannot connect to netlink"),
         }
     }
+    refresh_firewall(layout).await;
+}
+
+/// Applies NAT egress and isolation between vendor bridges for every
+/// bridge this state dir allocates on (one atomic nftables table, the same
+/// one `berth jail` keeps for the state dir), or removes the table when no
+/// bridge is left. Blocking (netlink); call it off the runtime.
+pub fn apply_firewall(layout: &Layout) -> Result<(), String> {
+    let routes = net::host_routes().map_err(|e| format!("read /proc/net/route: {e}"))?;
+    let mut bridges = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(layout.net()) {
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let Some(bridge) = f.strip_suffix(".addrs") else {
+                continue;
+            };
+            if let Some(r) = routes.iter().find(|r| r.iface == bridge && r.mask != 0) {
+                bridges.push(netns::BridgePolicy {
+                    bridge: bridge.to_string(),
+                    subnet: r.dest,
+                    prefix_len: r.mask.count_ones() as u8,
+                    gateway: std::net::Ipv4Addr::from(u32::from(r.dest) + 1),
+                    host_ports: Vec::new(),
+                    allow_to: Vec::new(),
+                });
+            }
+        }
+    }
+    let fw = netns::Firewall::new(&crate::jailcmd::table_name(&layout.state_dir));
+    if bridges.is_empty() {
+        return fw
+            .remove()
+            .map_err(|e| format!("remove firewall table {}: {e}", fw.table()));
+    }
+    if !netns::ipv4_forwarding().unwrap_or(false) {
+        // NAT egress needs forwarding (ip(7), ip_forward).
+        netns::set_ipv4_forwarding(true).map_err(|e| format!("enable ipv4 forwarding: {e}"))?;
+    }
+    let policy = netns::Policy {
+        uplink_masquerade: true,
+        bridges,
+    };
+    fw.apply(&policy)
+        .map_err(|e| format!("firewall table {}: {e}", fw.table()))
+}
+
+/// [`apply_firewall`] on a blocking thread; errors are logged.
+pub async fn refresh_firewall(layout: &Layout) {
+    let l = layout.clone();
+    match tokio::task::spawn_blocking(move || apply_firewall(&l)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = e.as_str(), "firewall not applied"),
+        Err(e) => tracing::warn!(error = %e, "firewall task failed"),
+    }
 }
 
 #[cfg(test)]

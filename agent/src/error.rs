@@ -58,6 +58,10 @@ pub enum CliError {
         /// What to do.
         hint: &'static str,
     },
+    /// The jail runtime refused the options (e.g. a memory limit too small
+    /// to start).
+    #[error("invalid jail options: {0}")]
+    BadSpec(String),
     /// An argument is not UTF-8.
     #[error("argument {0:?} is not valid UTF-8")]
     NotUtf8(String),
@@ -102,7 +106,8 @@ impl CliError {
             | CliError::UnknownJail { .. }
             | CliError::StateDirNotDir(_)
             | CliError::WrongState { .. }
-            | CliError::NotUtf8(_) => crate::EXIT_USAGE,
+            | CliError::NotUtf8(_)
+            | CliError::BadSpec(_) => crate::EXIT_USAGE,
             CliError::Jail(_)
             | CliError::Io { .. }
             | CliError::Net { .. }

@@ -728,7 +728,7 @@ fn build_spec(
         user_ns,
         console,
     };
-    JailSpec::from_oci(&oci, &jopts).map_err(|e| CliError::Jail(format!("jail spec: {e}")))
+    JailSpec::from_oci(&oci, &jopts).map_err(|e| CliError::BadSpec(e.to_string()))
 }
 
 /// Under the state lock: recovery, the name check, the overlay dirs, the
@@ -1013,7 +1013,7 @@ mod tests {
         .unwrap();
         let ctx = Ctx::new(&cli);
         let mut o = opts(d.path(), &[&l1, &l2]);
-        o.memory = Some(1 << 20);
+        o.memory = Some(8 << 20);
         o.user_ns = true;
         let spec = build_spec(&ctx, "j1", &o, &["/bin/true".into()], Console::Null).unwrap();
         match &spec.rootfs {
@@ -1026,7 +1026,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(spec.resources.memory_max, Some(1 << 20));
+        assert_eq!(spec.resources.memory_max, Some(8 << 20));
+        // Values the runtime refuses are bad input (exit 2), said as such.
+        o.memory = Some(1 << 20);
+        let e = build_spec(&ctx, "j1", &o, &["/bin/true".into()], Console::Null).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("invalid jail options: "), "{e}");
         assert_eq!(spec.cgroup_path, PathBuf::from("cgp/default/j1"));
         assert_eq!(spec.state_root, PathBuf::from("/tmp/st/jails"));
         let (uid, _) = spec.user_ns.clone().unwrap();

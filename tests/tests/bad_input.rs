@@ -192,3 +192,21 @@ fn unknown_jail_is_refused() {
     }
     env.assert_nothing_created(&[]);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn memory_limit_too_small_to_start_is_refused() {
+    require_root();
+    let env = TestEnv::new();
+    let root = env.dir.path().to_str().unwrap().to_string();
+    let out = run_opts(&env, &["--rootfs", &root, "--memory", "1M"]);
+    assert_eq!(out.code(), 2, "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("berth: error: invalid jail options: linux.resources.memory.limit: "),
+        "{}",
+        out.stderr
+    );
+    env.assert_nothing_created(&[&env.vendor("a")]);
+}

@@ -134,3 +134,63 @@ pub fn record_of(ev: &SourceEvent) -> Option<(DeviceRecord, String)> {
         a.endpoint().to_string(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device_probes::event::{Identity, Observation, Transport};
+    use protocol::AnnounceBuilder;
+
+    fn builder() -> AnnounceBuilder<'static> {
+        AnnounceBuilder::new(
+            "acme",
+            "Meter 2",
+            "SN-1",
+            "1.0",
+            "https://p.acme.example",
+            7,
+        )
+    }
+
+    fn seen(transport: Transport, bytes: Vec<u8>) -> SourceEvent {
+        SourceEvent::Seen(Observation {
+            transport,
+            address: "/dev/ttyUSB0".into(),
+            identity: Identity::default(),
+            announce: Some(bytes),
+        })
+    }
+
+    #[test]
+    fn bare_and_wrapped_announces_give_the_same_record() {
+        let mut buf = [0u8; 512];
+        let n = builder().encode_signed(&[3; 32], &mut buf).unwrap();
+        let bare = buf[..n].to_vec();
+        let n = protocol::message::encode_signed_announce(&builder(), &[3; 32], &mut buf).unwrap();
+        let wrapped = buf[..n].to_vec();
+        assert_ne!(bare, wrapped);
+        let (a, ep) = record_of(&seen(Transport::Mqtt, bare.clone())).unwrap();
+        let (b, _) = record_of(&seen(Transport::Serial, wrapped)).unwrap();
+        assert_eq!(ep, "https://p.acme.example");
+        assert_eq!(
+            (a.vendor.as_str(), a.serial.as_str(), a.model.as_str()),
+            ("acme", "SN-1", "Meter 2")
+        );
+        assert_eq!(a.announce, bare, "the request carries the bare announce");
+        assert_eq!(b.announce, bare);
+        assert_eq!(
+            (a.transport.as_str(), b.transport.as_str()),
+            ("mqtt", "serial")
+        );
+    }
+
+    #[test]
+    fn observations_without_a_valid_announce_are_skipped() {
+        assert!(record_of(&seen(Transport::Mqtt, vec![0xa0])).is_none());
+        let gone = SourceEvent::Gone {
+            transport: Transport::Serial,
+            address: "/dev/ttyUSB0".into(),
+        };
+        assert!(record_of(&gone).is_none());
+    }
+}

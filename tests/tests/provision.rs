@@ -1098,3 +1098,64 @@ fn a_denied_request_builds_nothing_and_is_reported_refused() {
         "a jail was built for a denied request"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn updates_interrupted_by_kill_converge_to_the_new_version() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    let mut daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+        "no pending request"
+    );
+    let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+    api(&rig.sock, serde_json::json!({"op": "approve", "id": id}));
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "v1 not running"
+    );
+    let trials: u64 = std::env::var("BERTH_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut x = u64::from(std::process::id()).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    for v in 2..2 + trials {
+        let script = format!("echo {v} > /www/version; exec httpd -f -p 8080 -h /www");
+        rig.publish(v as u32, &script, "");
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Polls come every 500 ms; a build takes a few hundred more.
+        let delay = Duration::from_millis(x % 1500);
+        std::thread::sleep(delay);
+        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = daemon.child.wait();
+        daemon = rig.start_berthd();
+        assert!(
+            wait_until(Duration::from_secs(120), || rig.stage_is("running", v)),
+            "version {v} (killed after {delay:?}) not converged: {:?}",
+            devices(&rig.sock)
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || rig.host_jails() == (1, 1)),
+            "version {v} (killed after {delay:?}): jails and overlays: {:?}",
+            rig.host_jails()
+        );
+        let jails = rig.jails();
+        let addr = jails[0]["address"].as_str().unwrap().to_string();
+        assert_eq!(
+            http_get(&addr, 8080, "/version"),
+            Some(format!("{v}\n")),
+            "version {v}: the app does not answer"
+        );
+    }
+    daemon.stop();
+    rig.remove_jails();
+    for f in ["berthd.redb", "images", "mqtt", "data"] {
+        let p = rig.state.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    rig.env.assert_no_leftovers(&[&rig.vendor]);
+}

@@ -589,6 +589,18 @@ fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
         .expect("jail address")
         .to_string();
     assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("1\n"));
+    // Logs of a managed jail; an unknown jail is a usage error.
+    let name = jails[0]["name"].as_str().unwrap().to_string();
+    let r = api(&rig.sock, serde_json::json!({"op": "logs", "jail": name}));
+    assert_eq!(r["result"], "ok", "{r}");
+    let r = api(&rig.sock, serde_json::json!({"op": "logs", "jail": "nope"}));
+    assert_eq!(
+        (r["usage"].as_bool(), r["message"].as_str()),
+        (Some(true), Some("no jail named 'nope'")),
+        "{r}"
+    );
+    let st = api(&rig.sock, serde_json::json!({"op": "status"}));
+    assert_eq!(st["data"]["devices"]["running"], 1, "{st}");
     // The vendor's bridge is under the state dir's firewall table
     // (isolation from other vendors, NAT egress).
     let table = berth_tests::host::nft_table_name(&rig.state);

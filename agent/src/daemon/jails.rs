@@ -179,6 +179,14 @@ pub fn build_spec(
             plan.apps.len()
         ));
     }
+    if !plan.jail.network.host_ports.is_empty() {
+        // Refused rather than ignored: a vendor must not believe a port is
+        // forwarded when it is not.
+        return Err(format!(
+            "the plan forwards {} gateway port(s) into the jail; this gateway does not forward ports yet",
+            plan.jail.network.host_ports.len()
+        ));
+    }
     let args = argv(app, image);
     if args.is_empty() {
         return Err(format!(
@@ -443,6 +451,56 @@ mod tests {
             mounts: vec![],
             checks: vec![],
         }
+    }
+
+    #[test]
+    fn port_forwards_and_several_apps_are_refused_not_ignored() {
+        let mut plan = protocol::provision::Plan {
+            format: protocol::provision::FORMAT,
+            plan_id: "p".into(),
+            version: 1,
+            vendor: "acme".into(),
+            model: "M".into(),
+            serial: "S".into(),
+            jail: protocol::provision::JailPlan {
+                name: "app".into(),
+                mode: protocol::provision::JailMode::CreateOrReuse,
+                resources: protocol::provision::Resources {
+                    memory: 64 << 20,
+                    cpu_millis: 0,
+                    pids: 64,
+                },
+                network: protocol::provision::NetworkPolicy {
+                    enabled: false,
+                    host_ports: vec![protocol::provision::HostPort {
+                        port: 8080,
+                        protocol: protocol::provision::PortProtocol::Tcp,
+                    }],
+                },
+                devices: protocol::provision::DevicePassthrough { serial: false },
+                volumes: vec![],
+            },
+            apps: vec![app()],
+        };
+        let layout = Layout {
+            state_dir: PathBuf::from("/tmp/st"),
+            cgroup_parent: "berth".into(),
+        };
+        let e = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap_err();
+        assert!(e.contains("does not forward ports yet"), "{e}");
+        plan.jail.network.host_ports.clear();
+        plan.apps.push(app());
+        let e = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap_err();
+        assert_eq!(e, "the plan has 2 apps; this gateway runs one app per jail");
+        plan.apps.pop();
+        let spec = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap();
+        assert_eq!(spec.process.args, ["/bin/app", "--serve"]);
+        assert_eq!(spec.resources.memory_max, Some(64 << 20));
+        assert_eq!(spec.resources.pids_max, Some(64));
+        assert!(
+            spec.devices.is_empty(),
+            "no device without a serial passthrough"
+        );
     }
 
     #[test]

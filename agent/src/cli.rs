@@ -24,9 +24,10 @@ pub const MAX_NAME_LEN: usize = 32;
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "The command line of a Berth gateway")]
 pub struct Cli {
-    /// Directory holding the state of named jails.
-    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    /// State directory: of named jails for `berth jail` (default /run/berth),
+    /// of the running berthd for its commands (default /var/lib/berth).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Cgroup (in every hierarchy) under which jails are created.
     #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_CGROUP_PARENT,
           value_parser = parse_cgroup_parent)]
@@ -42,6 +43,11 @@ pub enum Command {
     /// Run and manage jails.
     #[command(subcommand)]
     Jail(JailCommand),
+    /// Show the devices this gateway detects, as they come and go.
+    Detect(crate::detect::DetectArgs),
+    /// Talk to the running berthd: approvals, pairing, devices, jails.
+    #[command(flatten)]
+    Daemon(crate::daemon::cli::DaemonCommand),
 }
 
 /// `berth jail ...`.
@@ -452,7 +458,7 @@ mod tests {
             "hi",
         ])
         .unwrap();
-        assert_eq!(cli.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(cli.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(cli.cgroup_parent, "berth");
         let Command::Jail(JailCommand::Run(run)) = cli.command else {
             panic!("not run");
@@ -478,7 +484,7 @@ mod tests {
             "p/q",
         ])
         .unwrap();
-        assert_eq!(cli.state_dir, PathBuf::from("/x"));
+        assert_eq!(cli.state_dir, Some(PathBuf::from("/x")));
         assert_eq!(cli.cgroup_parent, "p/q");
     }
 

@@ -29,7 +29,7 @@ use jail::{Console, ExecOptions, ExecStdio, IdMap, Jail, JailOptions, JailSpec, 
 use jail::{Phase, RootfsOptions};
 use serde::Serialize;
 
-use crate::cli::{signal_name, Cli, Command, JailCommand, JailOpts};
+use crate::cli::{signal_name, JailCommand, JailOpts};
 use crate::error::CliError;
 use crate::net;
 
@@ -52,8 +52,8 @@ const PAYLOAD_ENV: &[&str] = &[
 
 /// Runs a parsed command line and returns the process exit code; errors are
 /// printed as one `berth: error: ...` line.
-pub fn main(cli: Cli) -> ExitCode {
-    match run(cli) {
+pub fn main(state_dir: &Path, cgroup_parent: &str, cmd: JailCommand) -> ExitCode {
+    match run(state_dir, cgroup_parent, cmd) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: error: {e}");
@@ -62,16 +62,14 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let Command::Jail(cmd) = &cli.command;
-    check_input(cmd, &cli.state_dir)?;
+fn run(state_dir: &Path, cgroup_parent: &str, cmd: JailCommand) -> Result<ExitCode, CliError> {
+    check_input(&cmd, state_dir)?;
     check_root()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    let ctx = Ctx::new(&cli);
-    let Command::Jail(cmd) = cli.command;
+    let ctx = Ctx::new(state_dir, cgroup_parent);
     rt.block_on(dispatch(&ctx, cmd))
 }
 
@@ -128,13 +126,13 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(cli: &Cli) -> Ctx {
+    fn new(state_dir: &Path, cgroup_parent: &str) -> Ctx {
         // The jail runtime checks absolute host paths: anchor a relative
         // state dir at the current directory.
-        let state_dir = std::path::absolute(&cli.state_dir).unwrap_or(cli.state_dir.clone());
+        let state_dir = std::path::absolute(state_dir).unwrap_or(state_dir.to_path_buf());
         Ctx {
             state_dir,
-            cgroup_parent: cli.cgroup_parent.clone(),
+            cgroup_parent: cgroup_parent.to_owned(),
         }
     }
     fn jails(&self) -> PathBuf {
@@ -950,6 +948,7 @@ fn print_stats(s: &StatsRow, json: bool) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
     use clap::Parser;
 
     fn opts(rootfs: &Path, layers: &[&Path]) -> JailOpts {
@@ -1001,17 +1000,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let l1 = d.path().join("l1");
         let l2 = d.path().join("l2");
-        let cli = Cli::try_parse_from([
-            "berth",
-            "--state-dir",
-            "/tmp/st",
-            "--cgroup-parent",
-            "cgp",
-            "jail",
-            "ls",
-        ])
-        .unwrap();
-        let ctx = Ctx::new(&cli);
+        let ctx = Ctx::new(Path::new("/tmp/st"), "cgp");
         let mut o = opts(d.path(), &[&l1, &l2]);
         o.memory = Some(8 << 20);
         o.user_ns = true;

@@ -1,9 +1,10 @@
 //! `berth`: the command line of a Berth gateway.
 //!
 //! Thin: parse the arguments, set up logging to stderr (`RUST_LOG`), hand
-//! over to [`agent::jailcmd::main`], which builds the runtime it needs.
+//! over to the command's module, which builds the runtime it needs.
 use std::process::ExitCode;
 
+use agent::cli::Command;
 use clap::error::ErrorKind;
 use clap::Parser;
 
@@ -35,5 +36,27 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    agent::jailcmd::main(cli)
+    let agent::cli::Cli {
+        state_dir,
+        cgroup_parent,
+        command,
+    } = cli;
+    match command {
+        Command::Jail(cmd) => {
+            let state_dir = state_dir.unwrap_or_else(|| agent::cli::DEFAULT_STATE_DIR.into());
+            agent::jailcmd::main(&state_dir, &cgroup_parent, cmd)
+        }
+        Command::Detect(args) => match agent::detect::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("berth: error: {e:#}");
+                ExitCode::from(agent::EXIT_FAILURE)
+            }
+        },
+        Command::Daemon(cmd) => {
+            let state_dir =
+                state_dir.unwrap_or_else(|| agent::daemon::config::DEFAULT_STATE_DIR.into());
+            agent::daemon::cli::main(cmd, &state_dir)
+        }
+    }
 }

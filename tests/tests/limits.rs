@@ -50,14 +50,17 @@ fn fork_bomb_is_held_by_pids() {
     let env = TestEnv::new_with_rootfs();
     berth_tests::require_path("/sys/fs/cgroup/pids", "the v1 pids hierarchy");
     let (stop, sampler) = sample_max(&env, "pids", "pids.current");
-    // The sleep is forked before the bomb so the shell can wait on it; the
-    // bomb runs for its lifetime and is killed with the jail.
+    // The sleep is forked before the bomb so the shell can wait on it. Every
+    // bomb process keeps forking copies of itself, so the jail stays pressed
+    // against the limit for seconds whatever the machine's load (a bomb whose
+    // processes give up on the first failed fork can die out between two
+    // samples); it is killed with the jail.
     let out = env.jail_run(
         &["--pids", "24", "--cpus", "1"],
         &[
             "/bin/sh",
             "-c",
-            "sleep 3 & s=$!; (b() { b | b & }; b) 2>/dev/null; wait $s; echo held",
+            "sleep 3 & s=$!; (b() { while :; do b & sleep 0.1; done; }; b) 2>/dev/null & wait $s; echo held",
         ],
     );
     stop.store(true, Ordering::SeqCst);

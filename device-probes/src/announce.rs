@@ -1,20 +1,28 @@
 //! Native announces to identities: decoding through `protocol`, optional
-//! signature checks against vendor keys the caller knows, and the mapping
-//! of an announce's fields onto [`Identity`].
+//! signature checks against vendor keys the caller knows, the replay check
+//! of the announce counter ([`crate::replay`]), and the mapping of an
+//! announce's fields onto [`Identity`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use protocol::announce::{Announce, DecodeError};
 
 use crate::event::{DropReason, Identity};
+use crate::replay::ReplayGuard;
 
-/// Vendor verifying keys (Ed25519 public keys) the gateway already knows.
+/// How announces are checked: vendor verifying keys (Ed25519 public keys)
+/// the gateway already knows, and the replay guard its sources share.
 /// An announce of a vendor with a key here must verify, or it is dropped;
 /// announces of other vendors pass unverified (`verified = false`): the
-/// vendor checks them when asked.
+/// vendor checks them when asked. With a guard, an announce whose counter
+/// is older than its device's last is dropped as [`DropReason::Replay`];
+/// the signature is checked first, so where the vendor's key is known a
+/// forged announce cannot move a device's counter.
 #[derive(Clone, Debug, Default)]
 pub struct KeyRing {
     keys: HashMap<String, ed25519_dalek::VerifyingKey>,
+    replay: Option<Arc<ReplayGuard>>,
 }
 
 /// Why a vendor key was refused.
@@ -34,6 +42,18 @@ impl KeyRing {
         })?;
         self.keys.insert(vendor.to_owned(), k);
         Ok(())
+    }
+
+    /// Checks announce counters against `guard` (share one guard between
+    /// every source of a gateway).
+    pub fn with_replay(mut self, guard: Arc<ReplayGuard>) -> KeyRing {
+        self.replay = Some(guard);
+        self
+    }
+
+    /// The replay guard, if any.
+    pub fn replay(&self) -> Option<&Arc<ReplayGuard>> {
+        self.replay.as_ref()
     }
 
     /// Checks the announce against its vendor's key; `Ok(true)` when it
@@ -87,9 +107,12 @@ pub fn decode_cbor(bytes: &[u8], keys: &KeyRing) -> Result<Checked, DropReason> 
     checked(&a, keys)
 }
 
-/// Checks a decoded announce against `keys`.
+/// Checks a decoded announce against `keys`: signature, then counter.
 pub fn checked(a: &Announce<'_>, keys: &KeyRing) -> Result<Checked, DropReason> {
     let verified = keys.check(a)?;
+    if let Some(g) = &keys.replay {
+        g.admit(a.vendor, a.serial, a.counter, &a.signature)?;
+    }
     Ok(Checked {
         identity: identity(a, verified),
         challenge: a.challenge,
@@ -119,15 +142,26 @@ pub(crate) mod testing {
 
     pub const SEED: [u8; 32] = [7; 32];
 
-    /// A signed canonical announce of `vendor`/`serial`.
+    /// A signed canonical announce of `vendor`/`serial`, counter 1.
     pub fn signed(vendor: &str, serial: &str, firmware: &str, challenge: Option<u64>) -> Vec<u8> {
+        signed_n(vendor, serial, firmware, challenge, 1)
+    }
+
+    /// A signed canonical announce with counter `counter`.
+    pub fn signed_n(
+        vendor: &str,
+        serial: &str,
+        firmware: &str,
+        challenge: Option<u64>,
+        counter: u64,
+    ) -> Vec<u8> {
         let mut b = AnnounceBuilder::new(
             vendor,
             "T-1000",
             serial,
             firmware,
             "https://provision.example/v1",
-            1,
+            counter,
         )
         .capabilities(&["temp", "serial"]);
         if let Some(c) = challenge {
@@ -169,6 +203,28 @@ mod tests {
             .add("acme", &protocol::announce::public_key(&[9; 32]))
             .unwrap();
         assert_eq!(decode_cbor(&bytes, &other), Err(DropReason::BadSignature));
+    }
+
+    #[test]
+    fn replayed_counter_is_dropped_after_the_signature_check() {
+        let guard = Arc::new(ReplayGuard::in_memory());
+        let mut keys = KeyRing::default().with_replay(guard.clone());
+        keys.add("acme", &protocol::announce::public_key(&SEED))
+            .unwrap();
+        let a5 = signed_n("acme", "SN-1", "1.0", None, 5);
+        let a4 = signed_n("acme", "SN-1", "0.9", None, 4);
+        assert_eq!(decode_cbor(&a5, &keys).unwrap().counter, 5);
+        // The same announce again (a retained message, a BLE repeat).
+        assert!(decode_cbor(&a5, &keys).is_ok());
+        assert_eq!(decode_cbor(&a4, &keys), Err(DropReason::Replay));
+        // A forgery with a huge counter fails its signature and does not
+        // move the device's counter.
+        let mut forged = signed_n("acme", "SN-1", "6.6", None, u64::MAX);
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        assert_eq!(decode_cbor(&forged, &keys), Err(DropReason::BadSignature));
+        assert_eq!(guard.last("acme", "SN-1"), Some(5));
+        assert!(decode_cbor(&signed_n("acme", "SN-1", "1.1", None, 6), &keys).is_ok());
     }
 
     #[test]

@@ -123,6 +123,36 @@ pub enum DropReason {
     BadNonce,
     /// An MQTT announce whose topic names another vendor or serial.
     TopicMismatch,
+    /// An announce whose counter is below the last one accepted from its
+    /// device (or the same counter on other content): a replay.
+    Replay,
+}
+
+impl DropReason {
+    /// The reason as printed in reports, lowercase (`bad_crc`, `replay`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BadFrame => "bad_frame",
+            DropReason::Oversize => "oversize",
+            DropReason::BadCrc => "bad_crc",
+            DropReason::BadCbor => "bad_cbor",
+            DropReason::BadJson => "bad_json",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::UnknownVendor => "unknown_vendor",
+            DropReason::Denied => "denied",
+            DropReason::Flood => "flood",
+            DropReason::QueueFull => "queue_full",
+            DropReason::BadNonce => "bad_nonce",
+            DropReason::TopicMismatch => "topic_mismatch",
+            DropReason::Replay => "replay",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counters of dropped input, per reason. Shared by a source and whoever

@@ -9,7 +9,8 @@
 //!
 //! Layout: [`event`] (shared types), [`rules`] (vendor rules and the ignore
 //! list), [`merger`] (the merged stream), [`announce`] (native announces
-//! to identities), [`serial`], [`ble`] and [`mqtt`] (the sources).
+//! to identities), [`replay`] (announce counters and replay drops),
+//! [`serial`], [`ble`] and [`mqtt`] (the sources).
 //!
 //! Tests run against real peers, no hardware: socat pty pairs with a fake
 //! device, a fake sysfs tree, udev-format uevents in a private network
@@ -26,5 +27,6 @@ pub mod ble;
 pub mod event;
 pub mod merger;
 pub mod mqtt;
+pub mod replay;
 pub mod rules;
 pub mod serial;

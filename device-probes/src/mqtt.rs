@@ -17,13 +17,28 @@
 //! says `session_present = false`: this source re-subscribes after every
 //! such CONNACK. Reconnects back off exponentially with jitter. The I/O-free
 //! part is [`Decoder`]; [`run`] owns the event loop.
+//!
+//! Brokers: `HOST:PORT` or `mqtt://HOST[:PORT]` in the clear, and
+//! `mqtts://HOST[:PORT]` over TLS (rustls with the ring provider; a CA file
+//! is required, a client certificate and key optional), with optional
+//! username and password ([`parse_url`], [`TlsFiles`]).
+//!
+//! QoS 1: the source subscribes at QoS 1 and acknowledges each publish as
+//! rumqttc reads it (at most 10 per read); it reads again only once it
+//! handed what it read to the merger, so a slow consumer holds the broker
+//! back through TCP rather than growing a queue here. The broker bounds
+//! what it sends unacknowledged (mosquitto `max_inflight_messages`, 20) and
+//! what it queues (`max_queued_messages`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport as MqttTransport,
+};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -51,6 +66,29 @@ pub struct MqttConfig {
     pub max_packet: usize,
     pub rules: Arc<Rules>,
     pub keys: KeyRing,
+    /// TLS to the broker (`mqtts://`); `None` for plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// Username and password for the broker.
+    pub credentials: Option<(String, String)>,
+}
+
+/// The PEM files of a TLS connection to the broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates the broker's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate chain, for brokers that require one (with `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// A broker as `HOST:PORT`, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
 }
 
 impl MqttConfig {
@@ -68,6 +106,8 @@ impl MqttConfig {
             max_packet: 1 << 20,
             rules: Arc::new(Rules::default()),
             keys: KeyRing::default(),
+            tls: None,
+            credentials: None,
         }
     }
 
@@ -88,8 +128,14 @@ impl MqttConfig {
 /// Why the MQTT source stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("mqtt broker address {0:?} is not HOST:PORT")]
+    #[error(
+        "mqtt broker address {0:?} is not HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    )]
     BadAddress(String),
+    #[error("mqtt tls file {path}: {reason}")]
+    TlsFile { path: PathBuf, reason: String },
+    #[error("mqtt tls setup: {0}")]
+    Tls(String),
 }
 
 /// Parses `HOST:PORT` (`[v6]:PORT` too).
@@ -101,6 +147,121 @@ pub fn parse_address(s: &str) -> Result<(String, u16), MqttError> {
         return Err(bad());
     }
     Ok((host.to_owned(), port.parse().map_err(|_| bad())?))
+}
+
+/// Parses a broker URL: `mqtts://` means TLS (default port 8883),
+/// `mqtt://` or no scheme plain TCP (default port 1883 with a scheme; a
+/// bare address needs its port).
+pub fn parse_url(s: &str) -> Result<BrokerUrl, MqttError> {
+    let bad = || MqttError::BadAddress(s.to_owned());
+    let (rest, tls, default_port) = if let Some(r) = s.strip_prefix("mqtts://") {
+        (r, true, Some(8883))
+    } else if let Some(r) = s.strip_prefix("mqtt://") {
+        (r, false, Some(1883))
+    } else if s.contains("://") {
+        return Err(bad());
+    } else {
+        (s, false, None)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('@') {
+        return Err(bad());
+    }
+    let has_port = if rest.starts_with('[') {
+        rest.contains("]:")
+    } else {
+        rest.contains(':')
+    };
+    let (host, port) = match (has_port, default_port) {
+        (true, _) => parse_address(rest).map_err(|_| bad())?,
+        (false, Some(p)) => {
+            let h = rest.trim_start_matches('[').trim_end_matches(']');
+            if h.is_empty() {
+                return Err(bad());
+            }
+            (h.to_owned(), p)
+        }
+        (false, None) => return Err(bad()),
+    };
+    Ok(BrokerUrl { host, port, tls })
+}
+
+fn tls_file_err(path: &Path, reason: impl std::fmt::Display) -> MqttError {
+    MqttError::TlsFile {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Builds the rustls client configuration (ring provider) from PEM files.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, MqttError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for c in CertificateDer::pem_file_iter(&files.ca).map_err(|e| tls_file_err(&files.ca, e))? {
+        let c = c.map_err(|e| tls_file_err(&files.ca, e))?;
+        roots.add(c).map_err(|e| tls_file_err(&files.ca, e))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(tls_file_err(&files.ca, "no PEM certificate in it"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&files.cert, &files.key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| tls_file_err(cert, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_file_err(cert, e))?;
+            if chain.is_empty() {
+                return Err(tls_file_err(cert, "no PEM certificate in it"));
+            }
+            let k = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_file_err(key, e))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| tls_file_err(key, e))?
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(MqttError::Tls(
+                "a client certificate needs its key and a key its certificate".to_owned(),
+            ))
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// The rumqttc options for `cfg` (TLS files are read here).
+pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, MqttError> {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(cfg.max_packet, 16 * 1024);
+    if let Some(files) = &cfg.tls {
+        let tls = tls_config(files)?;
+        opts.set_transport(MqttTransport::Tls(TlsConfiguration::Rustls(tls)));
+    }
+    if let Some((user, password)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), password.clone());
+    }
+    Ok(opts)
+}
+
+/// The socket options of the source's connection.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut net = rumqttc::NetworkOptions::new();
+    // Acknowledgements and pings are small writes: without TCP_NODELAY,
+    // Nagle's algorithm may hold them back behind unacknowledged data.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(10);
+    net
 }
 
 /// The I/O-free part: one publish in, source events out.
@@ -383,11 +544,9 @@ pub async fn run(
     emitter: Emitter,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), MqttError> {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(cfg.keep_alive);
-    opts.set_clean_session(true);
-    opts.set_max_packet_size(cfg.max_packet, 16 * 1024);
+    let opts = options(&cfg)?;
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.channel_capacity);
+    eventloop.set_network_options(network_options());
     let filters = cfg.filters();
     let mut decoder = Decoder::new(&cfg);
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);

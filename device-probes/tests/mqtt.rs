@@ -303,3 +303,123 @@ async fn broker_restart_resubscribes() {
         .unwrap()
         .unwrap();
 }
+
+/// A fleet of `n` devices announcing once each, spread evenly over one
+/// second, from a client on its own thread and runtime; returns how many
+/// the broker acknowledged (QoS 1) or how many were sent (QoS 0).
+fn fleet(port: u16, n: usize, qos: QoS, prefix: &'static str) -> std::thread::JoinHandle<usize> {
+    // Signing is not what is tested: every payload is made first.
+    let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let s = format!("{prefix}-{i:04}");
+            (
+                format!("berth/announce/acme/{s}"),
+                cbor_announce("acme", &s, "1.0"),
+            )
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut o = MqttOptions::new(unique("fleet-"), "127.0.0.1", port);
+            o.set_max_packet_size(1 << 20, 1 << 20);
+            o.set_inflight(200);
+            let (c, mut el) = AsyncClient::new(o, 64);
+            let acks = tokio::spawn(async move {
+                let mut acked = 0usize;
+                loop {
+                    match tokio::time::timeout(T, el.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                        Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) if qos == QoS::AtMostOnce => {
+                            acked += 1
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) | Err(_) => return acked,
+                    }
+                    if acked == n {
+                        return acked;
+                    }
+                }
+            });
+            let start = tokio::time::Instant::now();
+            for (i, (t, pl)) in payloads.into_iter().enumerate() {
+                tokio::time::sleep_until(
+                    start + Duration::from_micros(i as u64 * 1_000_000 / n as u64),
+                )
+                .await;
+                c.publish(t, qos, false, pl).await.unwrap();
+            }
+            let acked = acks.await.unwrap();
+            let _ = c.try_disconnect();
+            acked
+        })
+    })
+}
+
+/// 1000 devices announcing within one second at QoS 1, through a broker
+/// with mosquitto's default queue limits: every one must come out of the
+/// merger, nothing dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn qos1_burst_of_1000_devices_in_one_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = broker(dir.path(), port);
+    let mut p = pipeline();
+    let src = tokio::spawn(mqtt::run(
+        source_config(port),
+        p.emitter.clone(),
+        p.shutdown_rx.clone(),
+    ));
+    // Wait for the subscription.
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 50, "source never subscribed");
+        publish(
+            port,
+            &[(
+                "berth/announce/acme/WARM",
+                cbor_announce("acme", "WARM", "1"),
+                false,
+            )],
+        )
+        .await;
+        if tokio::time::timeout(Duration::from_millis(300), p.events.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let start = std::time::Instant::now();
+    let publisher = fleet(port, 1000, QoS::AtLeastOnce, "Q1");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 1000 {
+        let ev = p
+            .until(T, "all 1000 devices", |e| matches!(e, DeviceEvent::Seen(_)))
+            .await;
+        if let DeviceEvent::Seen(d) = ev {
+            if let Some(s) = d.identity.serial_number.filter(|s| s.starts_with("Q1-")) {
+                seen.insert(s);
+            }
+        }
+    }
+    let took = start.elapsed();
+    let acked = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(acked, 1000, "the broker acknowledged every publish");
+    assert_eq!(seen.len(), 1000);
+    assert!(p.drops.snapshot().is_empty(), "{:?}", p.drops.snapshot());
+    // Published over one second; handled within a few more.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

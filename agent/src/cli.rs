@@ -45,6 +45,8 @@ pub enum Command {
     Jail(JailCommand),
     /// Show the devices this gateway detects, as they come and go.
     Detect(crate::detect::DetectArgs),
+    /// Show what on this host does not match a board configuration.
+    CheckBoard(crate::board::host::CheckBoardArgs),
     /// Talk to the running berthd: approvals, pairing, devices, jails.
     #[command(flatten)]
     Daemon(crate::daemon::cli::DaemonCommand),

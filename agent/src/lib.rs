@@ -4,9 +4,11 @@
 //! - [`jailcmd`]: `berth jail ...`, turning parsed options into a
 //!   `jail::JailSpec` and driving the `jail` runtime;
 //! - [`detect`]: `berth detect`, the detection sources' events printed;
+//! - [`board`]: board configurations and `berth check-board`;
 //! - [`error`]: the errors a command reports, each with its exit code.
 #![forbid(unsafe_code)]
 
+pub mod board;
 pub mod cli;
 pub mod daemon;
 pub mod detect;

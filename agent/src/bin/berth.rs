@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 ExitCode::from(agent::EXIT_FAILURE)
             }
         },
+        Command::CheckBoard(args) => agent::board::host::main(args),
         Command::Daemon(cmd) => {
             let state_dir =
                 state_dir.unwrap_or_else(|| agent::daemon::config::DEFAULT_STATE_DIR.into());

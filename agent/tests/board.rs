@@ -432,3 +432,82 @@ fn berthd_refuses_a_host_that_lacks_a_required_adapter() {
         "berthd created its state dir"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn the_python_checker_and_the_rust_reader_agree() {
+    require_root();
+    let py = Path::new("/usr/bin/python3");
+    let ok = Command::new(py)
+        .args(["-c", "import tomllib"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "precondition missing: /usr/bin/python3 with tomllib (3.11+)"
+    );
+    let checker = boards().join("check");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("", ""),
+        ("schema = 1", "schema = 2"),
+        ("target = \"x86_64-unknown-linux-gnu\"", "target = \"mips\""),
+        ("memory_mib = 2048", "memory_mib = \"2G\""),
+        ("baud = 115200", "baud = 115201"),
+        ("path = \"/dev/ttyUSB*\"", "path = \"/dev/ttyUSB0\""),
+        ("vendor = \"0403\"", "vendor = \"04G3\""),
+        (
+            "subclass = \"02\",",
+            "subclass = \"02\", vendor = \"0403\",",
+        ),
+        ("name = \"usb-acm\"", "name = \"usb\""),
+        ("adapter = \"hci0\"", "adapter = \"bt0\""),
+        ("127.0.0.1:1883", "127.0.0.1:99999"),
+        (
+            "topic_prefix = \"berth/devices\"",
+            "topic_prefix = \"berth/#\"",
+        ),
+        ("bridge = \"berth0\"", "bridge = \"Berth0\""),
+        (
+            "bridge_address = \"10.88.0.1/24\"",
+            "bridge_address = \"10.88.0.0/24\"",
+        ),
+        (
+            "jail_range = \"10.88.0.0/24\"",
+            "jail_range = \"10.88.0.1/24\"",
+        ),
+        (
+            "jail_range = \"10.88.0.0/24\"",
+            "jail_range = \"fd00::/64\"",
+        ),
+        ("uplink = \"auto\"", "uplink = \"a b\""),
+        ("masquerade = true", "masquerade = \"yes\""),
+        (
+            "images_dir = \"/var/lib/berth/images\"",
+            "images_dir = \"/srv/images\"",
+        ),
+        ("expect = \"any\"", "expect = \"v3\""),
+        (
+            "[\"cpu\", \"memory\", \"pids\"]",
+            "[\"cpu\", \"memory\", \"pids\", \"pids\"]",
+        ),
+        ("[\"cpu\", \"memory\", \"pids\"]", "[\"cpu\", \"memory\"]"),
+        ("max_jails = 4", "max_jails = 0"),
+        ("max_jails = 4", "max_jails = 6"),
+        ("jail_max_mib = 1024", "jail_max_mib = 2000"),
+        ("masquerade = true", "masquerade = true\nnat = true"),
+    ];
+    for (from, to) in cases {
+        let f = board_file(dir.path(), "generic-x86_64.toml", &[(from, to)]);
+        let (rust, _, rerr) = run(Command::new(BERTH).arg("check-board").arg(&f));
+        let (python, pout, _) = run(Command::new(py).arg(&checker).arg(&f));
+        let rust_ok = rust != 2;
+        let python_ok = python == 0;
+        assert_eq!(
+            rust_ok, python_ok,
+            "{from:?} -> {to:?}: berth says {rerr:?}, board-configs/check says {pout:?}"
+        );
+        assert_eq!(rust_ok, from.is_empty(), "{from:?} -> {to:?}: {rerr}{pout}");
+    }
+}

@@ -153,17 +153,32 @@ fn devices(sock: &Path) -> Vec<Value> {
 /// Builds a one-layer OCI image from a busybox rootfs and pushes it;
 /// returns `registry/repo@digest`.
 fn push_image(work: &Path, registry: &str, repo: &str) -> String {
-    let rootfs = work.join("img-rootfs");
+    push_image_with(work, registry, repo, "img", &[("www/health", "ok\n")])
+}
+
+/// [`push_image`] with `files` (path in the image, content) added to the
+/// busybox rootfs; `name` keeps its work dirs apart from other images'.
+fn push_image_with(
+    work: &Path,
+    registry: &str,
+    repo: &str,
+    name: &str,
+    files: &[(&str, &str)],
+) -> String {
+    let rootfs = work.join(format!("{name}-rootfs"));
     build_rootfs(&rootfs).unwrap();
-    std::fs::create_dir_all(rootfs.join("www")).unwrap();
-    std::fs::write(rootfs.join("www/health"), "ok\n").unwrap();
-    let layout = work.join("oci");
+    for (path, text) in files {
+        let p = rootfs.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let layout = work.join(format!("{name}-oci"));
     run(Command::new("umoci")
         .args(["init", "--layout"])
         .arg(&layout));
     let img = format!("{}:app", layout.display());
     run(Command::new("umoci").args(["new", "--image", &img]));
-    let bundle = work.join("bundle");
+    let bundle = work.join(format!("{name}-bundle"));
     run(Command::new("umoci")
         .args(["unpack", "--image", &img])
         .arg(&bundle));
@@ -264,6 +279,66 @@ impl Rig {
             .vendor_cmd()
             .args(["publish", "--model", MODEL, "--template"])
             .arg(&f));
+    }
+
+    /// Publishes a template given as text.
+    fn publish_text(&self, n: u32, text: &str) {
+        let f = self.work.join(format!("t{n}.toml"));
+        std::fs::write(&f, text).unwrap();
+        run(self
+            .vendor_cmd()
+            .args(["publish", "--model", MODEL, "--template"])
+            .arg(&f));
+    }
+
+    /// The registry's `host:port`.
+    fn registry(&self) -> String {
+        self.image.split('/').next().unwrap().to_string()
+    }
+
+    /// Every report the vendor stored, as `berth-vendor reports --json`
+    /// prints them.
+    fn reports(&self) -> Vec<Value> {
+        let text = run(self.vendor_cmd().args(["reports", "--json"]));
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Approves the pending requests as they show up until `want` were
+    /// approved; returns their ids.
+    fn approve_pending(&self, want: usize) -> Vec<u64> {
+        let mut done = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(90), || {
+                let r = try_api(&self.sock, serde_json::json!({"op": "pending"}));
+                for p in r
+                    .and_then(|r| r["data"].as_array().cloned())
+                    .unwrap_or_default()
+                {
+                    let id = p["id"].as_u64().unwrap();
+                    if !done.contains(&id) {
+                        let r = api(&self.sock, serde_json::json!({"op": "approve", "id": id}));
+                        assert_eq!(r["result"], "ok", "{r}");
+                        done.push(id);
+                    }
+                }
+                done.len() >= want
+            }),
+            "only {} of {want} requests showed: {:?}",
+            done.len(),
+            devices(&self.sock)
+        );
+        done
+    }
+
+    /// The device whose serial is `serial`, as `devices` shows it.
+    fn device(&self, serial: &str) -> Option<Value> {
+        devices(&self.sock)
+            .into_iter()
+            .find(|d| d["serial"] == serial)
     }
 
     /// `berth-vendor serve` on the rig's port with database `db`.
@@ -675,7 +750,7 @@ fn approval_gates_the_jail_updates_apply_and_a_failing_update_rolls_back() {
     rig.remove_jails();
     // berthd's own data (store, image layers, broker passwords) is not a
     // leftover; everything else must be gone.
-    for f in ["berthd.redb", "images", "mqtt", "data"] {
+    for f in ["berthd.redb", "images", "mqtt", "data", "announce-counters"] {
         let p = rig.state.join(f);
         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
     }
@@ -756,7 +831,7 @@ fn berthd_killed_at_random_points_comes_back_and_converges() {
     // Every approval is in the audit trail of the store, and nothing is
     // left on the host.
     rig.remove_jails();
-    for f in ["berthd.redb", "images", "mqtt", "data"] {
+    for f in ["berthd.redb", "images", "mqtt", "data", "announce-counters"] {
         let p = rig.state.join(f);
         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
     }
@@ -1165,9 +1240,1045 @@ fn updates_interrupted_by_kill_converge_to_the_new_version() {
     }
     daemon.stop();
     rig.remove_jails();
-    for f in ["berthd.redb", "images", "mqtt", "data"] {
+    for f in ["berthd.redb", "images", "mqtt", "data", "announce-counters"] {
         let p = rig.state.join(f);
         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
     }
     rig.env.assert_no_leftovers(&[&rig.vendor]);
+}
+
+/// A command run in the network namespace of a jail's init (the host's
+/// binaries, the jail's view of the network).
+fn in_jail_net(pid: u64, args: &[&str]) -> Command {
+    let mut c = Command::new("/usr/bin/nsenter");
+    c.arg("-t")
+        .arg(pid.to_string())
+        .arg("-n")
+        .arg("--")
+        .args(args);
+    c
+}
+
+/// Whether a TCP connection to `addr:port` opens from the network of the
+/// jail whose init is `pid` (3 s at most).
+fn connects_from_jail(pid: u64, addr: &str, port: u16) -> bool {
+    in_jail_net(
+        pid,
+        &[
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+        ],
+    )
+    .stderr(Stdio::null())
+    .status()
+    .unwrap()
+    .success()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_report_lost_to_a_crash_is_sent_after_the_restart() {
+    let mut rig = setup();
+    rig.publish(1, V1, "");
+    let mut first = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.pending().is_some()),
+        "no pending request"
+    );
+    // The vendor goes away once its plan is in: the version is built, but
+    // its report cannot be delivered.
+    rig.peers[1].stop();
+    let id = rig.pending().unwrap()["id"].as_u64().unwrap();
+    let r = api(&rig.sock, serde_json::json!({"op": "approve", "id": id}));
+    assert_eq!(r["result"], "ok", "{r}");
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "not running: {:?}",
+        devices(&rig.sock)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || first
+            .log()
+            .contains("report not delivered; kept for a retry")),
+        "no failed delivery; berthd log:\n{}",
+        first.log()
+    );
+    // Killed after the transition, before the report got through.
+    let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = first.child.wait();
+    assert!(rig.reports().is_empty(), "{:?}", rig.reports());
+
+    let db = rig.db.clone();
+    rig.peers[1] = rig.serve_vendor(&db);
+    let second = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || !rig.reports().is_empty()),
+        "the owed report never came; berthd log:\n{}",
+        second.log()
+    );
+    // Re-sends would show by now; there is exactly the one result.
+    std::thread::sleep(Duration::from_secs(2));
+    let all = rig.reports();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let rep = &all[0];
+    assert_eq!(rep["version"], 1, "{rep}");
+    assert_eq!(rep["state"], "running", "{rep}");
+    assert_eq!(rep["serial"], rig.serial.as_str(), "{rep}");
+    assert_eq!(rep["gateway_id"], "gw-test", "{rep}");
+    let jails = rig.jails();
+    let addr = jails[0]["address"].as_str().unwrap();
+    assert_eq!(
+        rep["address"].as_str(),
+        Some(format!("{addr}/24").as_str()),
+        "{rep}"
+    );
+    let checks = rep["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{rep}");
+    assert!(checks.iter().all(|c| c["passed"] == true), "{rep}");
+    // Nothing is owed any more: another start sends nothing again.
+    drop(second);
+    let _third = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(30), || try_api(
+            &rig.sock,
+            serde_json::json!({"op": "status"})
+        )
+        .is_some()),
+        "berthd did not come back"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rig.reports().len(), 1, "{:#?}", rig.reports());
+    rig.remove_jails();
+}
+
+fn two_apps(rig: &Rig, api_image: &str, n: u32, api_extra: &str) -> String {
+    format!(
+        r#"vendor = "{vendor}"
+
+[jail]
+name = "app"
+memory_mib = 96
+cpu_millis = 500
+pids = 64
+network = true
+
+[[app]]
+name = "web"
+image = "{web}"
+command = ["/bin/sh", "-c", "echo {n} > /www/version; exec httpd -f -p 8080 -h /www"]
+
+[[app.check]]
+http = {{ port = 8080, path = "/health" }}
+timeout_ms = 10000
+
+[[app]]
+name = "api"
+image = "{api_image}"
+command = ["/bin/sh", "-c", "echo {n} > /api/version; exec httpd -f -p 8081 -h /api"]
+env = {{ APP = "api" }}
+
+[[app.check]]
+tcp_port = 8081
+timeout_ms = 10000
+
+[[app.check]]
+http = {{ port = 8081, path = "/hello" }}
+timeout_ms = 10000
+{api_extra}
+"#,
+        vendor = rig.vendor,
+        web = rig.image,
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn several_apps_run_in_one_jail_and_a_failed_update_restores_them_all() {
+    let rig = setup();
+    // The second app comes from an image of its own.
+    let api_image = push_image_with(
+        &rig.work,
+        &rig.registry(),
+        &format!("{}/api", rig.vendor),
+        "api",
+        &[("api/hello", "hi\n")],
+    );
+    rig.publish_text(1, &two_apps(&rig, &api_image, 1, ""));
+    let mut daemon = rig.start_berthd();
+    rig.approve_pending(1);
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "not running: {:?}",
+        devices(&rig.sock)
+    );
+    let jails = rig.jails();
+    assert_eq!(jails.len(), 1, "the apps share one jail: {jails:?}");
+    let addr = jails[0]["address"].as_str().unwrap().to_string();
+    // Both apps answer from the one jail (one address); the second one
+    // serves a file only its own image has.
+    assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("1\n"));
+    assert_eq!(http_get(&addr, 8081, "/version").as_deref(), Some("1\n"));
+    assert_eq!(http_get(&addr, 8081, "/hello").as_deref(), Some("hi\n"));
+    // Each app's checks ran and were reported.
+    assert!(
+        wait_until(Duration::from_secs(30), || rig
+            .reports()
+            .iter()
+            .any(|r| r["version"] == 1)),
+        "no report of version 1"
+    );
+    let rep = rig
+        .reports()
+        .into_iter()
+        .find(|r| r["version"] == 1)
+        .unwrap();
+    assert_eq!(rep["state"], "running", "{rep}");
+    let apps: Vec<(&str, bool)> = rep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["app"].as_str().unwrap(), c["passed"] == true))
+        .collect();
+    assert_eq!(apps, [("web", true), ("api", true), ("api", true)], "{rep}");
+
+    // An update whose second app fails its check: rolled back, and both
+    // apps of version 1 keep answering; the failed version's apps are gone.
+    rig.publish_text(
+        2,
+        &two_apps(
+            &rig,
+            &api_image,
+            2,
+            "\n[[app.check]]\nfile = \"/api/missing\"\ntimeout_ms = 1000\n",
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("rolled-back", 1)),
+        "failed update not rolled back: {:?}",
+        devices(&rig.sock)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || rig.jails().len() == 1),
+        "the failed version's jail is still there: {:?}",
+        rig.jails()
+    );
+    assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("1\n"));
+    assert_eq!(http_get(&addr, 8081, "/version").as_deref(), Some("1\n"));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            berth_tests::host::pids_with_cmdline("httpd -f -p 8081 -h /api").len() == 1
+        }),
+        "the failed version's second app still runs: {:?}",
+        berth_tests::host::pids_with_cmdline("httpd -f -p 8081 -h /api")
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || rig
+            .reports()
+            .iter()
+            .any(|r| r["version"] == 2)),
+        "no report of version 2"
+    );
+    let rb = rig
+        .reports()
+        .into_iter()
+        .find(|r| r["version"] == 2)
+        .unwrap();
+    assert_eq!(rb["state"], "rolledback", "{rb}");
+    let err = rb["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("of app api failed") && err.contains("/api/missing"),
+        "{rb}"
+    );
+
+    daemon.stop();
+    rig.remove_jails();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            berth_tests::host::pids_with_cmdline("httpd -f -p 8081 -h /api").is_empty()
+        }),
+        "an app outlived its jail"
+    );
+    for f in ["berthd.redb", "images", "mqtt", "data", "announce-counters"] {
+        let p = rig.state.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    rig.env.assert_no_leftovers(&[&rig.vendor]);
+}
+
+/// A second vendor on its own `berth-vendor`: key, device registry, a
+/// published plan; its server is pushed onto the rig's peers.
+struct OtherVendor {
+    id: String,
+    db: PathBuf,
+    key: PathBuf,
+    public_key: String,
+    url: String,
+}
+
+impl OtherVendor {
+    fn cmd(&self, rig: &Rig) -> Command {
+        let mut c = Command::new(&rig.vendor_bin);
+        c.arg("--db").arg(&self.db);
+        c
+    }
+
+    fn new(rig: &mut Rig, suffix: &str) -> OtherVendor {
+        let id = rig.env.vendor(suffix);
+        let db = rig.work.join(format!("vendor-{suffix}.db"));
+        let key = rig.work.join(format!("vendor-{suffix}.key"));
+        let mut v = OtherVendor {
+            id,
+            db,
+            key,
+            public_key: String::new(),
+            url: String::new(),
+        };
+        v.public_key = run(v.cmd(rig).arg("keygen").arg("--out").arg(&v.key))
+            .trim()
+            .to_string();
+        v
+    }
+
+    fn add_device(&self, rig: &Rig, serial: &str, device_key: &str) {
+        run(self.cmd(rig).args([
+            "device",
+            "add",
+            "--serial",
+            serial,
+            "--model",
+            MODEL,
+            "--public-key",
+            device_key,
+        ]));
+    }
+
+    fn publish(&self, rig: &Rig, text: &str) {
+        let f = rig.work.join(format!("{}.toml", self.id));
+        std::fs::write(&f, text).unwrap();
+        run(self
+            .cmd(rig)
+            .args(["publish", "--model", MODEL, "--template"])
+            .arg(&f));
+    }
+
+    /// Serves its database, signing with `key`.
+    fn serve(&mut self, rig: &mut Rig, key: &Path) {
+        let port = free_port();
+        let mut c = self.cmd(rig);
+        c.args([
+            "serve",
+            "--insecure-http",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+        ])
+        .arg(key);
+        let p = Peer::spawn(
+            "berth-vendor (second vendor)",
+            c,
+            rig.work.join(format!("{}.log", self.id)),
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "second berth-vendor did not come up"
+        );
+        rig.peers.push(p);
+        self.url = format!("http://127.0.0.1:{port}");
+    }
+
+    /// Adds it to berthd's registry.
+    fn register(&self, rig: &Rig) {
+        let mut text = std::fs::read_to_string(&rig.config).unwrap();
+        text.push_str(&format!(
+            "[[vendor]]\nid = \"{}\"\nurl = \"{}\"\nkey = \"{}\"\napproval = \"manual\"\n",
+            self.id, self.url, self.public_key
+        ));
+        std::fs::write(&rig.config, text).unwrap();
+    }
+}
+
+/// Writes a mosquitto configuration: `devices` is an anonymous loopback
+/// listener (devices and berthd's detection); each of `jails` a listener
+/// on that address and `port`, with berthd's password and ACL files.
+fn mosquitto_conf(path: &Path, devices: u16, jails: &[String], port: u16, pw: &Path, acl: &Path) {
+    let mut text =
+        format!("per_listener_settings true\nlistener {devices} 127.0.0.1\nallow_anonymous true\n");
+    for addr in jails {
+        text.push_str(&format!(
+            "listener {port} {addr}\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
+            pw.display(),
+            acl.display()
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The broker address and password berthd gave a jail, from the jail's
+/// own rootfs.
+fn jail_credentials(rig: &Rig, jail: &str) -> (String, String) {
+    let creds = std::fs::read_to_string(
+        rig.state
+            .join("overlay")
+            .join(jail)
+            .join("upper/etc/berth/mqtt.conf"),
+    )
+    .unwrap();
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {creds}"))
+            .to_string()
+    };
+    (field("broker="), field("password="))
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn an_mqtt_device_is_provisioned_and_only_its_vendors_jail_reaches_it() {
+    for (p, what) in [
+        ("/usr/sbin/mosquitto", "apt-get install mosquitto"),
+        (
+            "/usr/bin/mosquitto_pub",
+            "apt-get install mosquitto-clients",
+        ),
+        (
+            "/usr/bin/mosquitto_sub",
+            "apt-get install mosquitto-clients",
+        ),
+        ("/usr/bin/nsenter", "apt-get install util-linux"),
+    ] {
+        require_path(p, what);
+    }
+    let announcer = require_bin("examples/device-announce");
+    // Vendor A has the serial device of the rig; vendor B an MQTT device.
+    let mut rig = setup();
+    rig.publish(1, V1, "");
+    let mut b = OtherVendor::new(&mut rig, "b");
+    let seed = "43".repeat(32);
+    let device_key = run(Command::new(&announcer).args(["--print-public-key", "--seed", &seed]))
+        .trim()
+        .to_string();
+    let mq_serial = format!("MQ-{}", rig.env.tag);
+    b.add_device(&rig, &mq_serial, &device_key);
+    b.publish(&rig, &template(&b.id, &rig.image, V1, ""));
+    let bkey = b.key.clone();
+    b.serve(&mut rig, &bkey);
+    b.register(&rig);
+
+    // The broker: an anonymous loopback listener for devices and berthd's
+    // detection; the jails' listener comes once their bridges exist.
+    let acl = rig.work.join("berth.acl");
+    let pw = rig.work.join("berth.passwd");
+    std::fs::write(&acl, "").unwrap();
+    std::fs::write(&pw, "").unwrap();
+    let user = nix::unistd::User::from_name("mosquitto")
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!("precondition missing: user mosquitto (apt-get install mosquitto)")
+        });
+    for f in [&acl, &pw] {
+        std::os::unix::fs::chown(f, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let (dport, jport) = (free_port(), free_port());
+    let conf = rig.work.join("mosquitto.conf");
+    mosquitto_conf(&conf, dport, &[], jport, &pw, &acl);
+    let start_broker = |rig: &mut Rig| {
+        let mut m = Command::new("/usr/sbin/mosquitto");
+        m.arg("-c").arg(&conf);
+        let n = std::fs::read_dir(&rig.work).unwrap().count();
+        let broker = Peer::spawn("mosquitto", m, rig.work.join(format!("mosquitto-{n}.log")));
+        std::fs::write(
+            rig.work.join("mosquitto.pid"),
+            format!("{}\n", broker.child.id()),
+        )
+        .unwrap();
+        rig.peers.push(broker);
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                dport
+            ))
+            .is_ok()),
+            "mosquitto did not come up"
+        );
+    };
+    start_broker(&mut rig);
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    let at = text.find("[detect]").unwrap();
+    text.insert_str(
+        at,
+        &format!(
+            "[mqtt_routing]\nacl_file = \"{}\"\npassword_file = \"{}\"\npid_file = \"{}\"\nbroker = \"gateway:{jport}\"\n",
+            acl.display(),
+            pw.display(),
+            rig.work.join("mosquitto.pid").display()
+        ),
+    );
+    let text = text.replace(
+        "[detect]\n",
+        &format!("[detect]\nmqtt = \"127.0.0.1:{dport}\"\n"),
+    );
+    std::fs::write(&rig.config, text).unwrap();
+
+    // The MQTT device announces itself (retained, as devices do).
+    let announce = rig.work.join("announce.cbor");
+    run(Command::new(&announcer)
+        .args([
+            "--vendor",
+            &b.id,
+            "--model",
+            MODEL,
+            "--serial",
+            &mq_serial,
+            "--endpoint",
+            &b.url,
+            "--seed",
+            &seed,
+            "--out",
+        ])
+        .arg(&announce));
+    let topic = format!("berth/announce/{}/{mq_serial}", b.id);
+    run(Command::new("/usr/bin/mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &dport.to_string(),
+            "-r",
+            "-t",
+            &topic,
+            "-f",
+        ])
+        .arg(&announce));
+
+    let daemon = rig.start_berthd();
+    // Both devices wait for a technician; approved, both run.
+    rig.approve_pending(2);
+    assert!(
+        wait_until(Duration::from_secs(180), || {
+            let d = devices(&rig.sock);
+            d.len() == 2
+                && d.iter()
+                    .all(|d| d["stage"] == "running" && d["running_version"] == 1)
+        }),
+        "not both running: {:?}",
+        devices(&rig.sock)
+    );
+    let mq = devices(&rig.sock)
+        .into_iter()
+        .find(|d| d["serial"] == mq_serial.as_str())
+        .unwrap();
+    assert_eq!(mq["transport"], "mqtt", "{mq}");
+    assert_eq!(mq["address"], topic.as_str(), "{mq}");
+    assert_eq!(mq["vendor"], b.id.as_str(), "{mq}");
+
+    let jails = rig.jails();
+    assert_eq!(jails.len(), 2, "{jails:?}");
+    let jail_of = |vendor: &str| {
+        jails
+            .iter()
+            .find(|j| j["vendor"] == vendor)
+            .unwrap_or_else(|| panic!("no jail of {vendor}: {jails:?}"))
+            .clone()
+    };
+    let (ja, jb) = (jail_of(&rig.vendor), jail_of(&b.id));
+    let addr = |j: &Value| j["address"].as_str().unwrap().to_string();
+    let pid = |j: &Value| j["pid"].as_u64().unwrap();
+    let (addr_a, addr_b) = (addr(&ja), addr(&jb));
+    assert_eq!(http_get(&addr_a, 8080, "/version").as_deref(), Some("1\n"));
+    assert_eq!(http_get(&addr_b, 8080, "/version").as_deref(), Some("1\n"));
+
+    // Vendor B's jail cannot reach vendor A's, nor A's B's; each reaches
+    // its own.
+    assert!(connects_from_jail(pid(&ja), &addr_a, 8080));
+    assert!(connects_from_jail(pid(&jb), &addr_b, 8080));
+    assert!(
+        !connects_from_jail(pid(&jb), &addr_a, 8080),
+        "vendor B's jail reached vendor A's"
+    );
+    assert!(
+        !connects_from_jail(pid(&ja), &addr_b, 8080),
+        "vendor A's jail reached vendor B's"
+    );
+
+    // The jails' listeners, on the gateway addresses of the vendor bridges
+    // (`broker = "gateway:PORT"` gives each jail its own bridge's), which
+    // the firewall opens on the broker port only.
+    let gateway = |a: &str| {
+        let mut o: Vec<u8> = a.split('.').map(|x| x.parse().unwrap()).collect();
+        o[3] = 1;
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
+    };
+    let (gw_a, gw_b) = (gateway(&addr_a), gateway(&addr_b));
+    let b_user = b.id.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&acl)
+            .unwrap_or_default()
+            .contains(&format!("user {b_user}\n"))),
+        "acl: {:?}",
+        std::fs::read_to_string(&acl)
+    );
+    rig.peers.pop().unwrap().stop();
+    mosquitto_conf(
+        &conf,
+        dport,
+        &[gw_a.clone(), gw_b.clone()],
+        jport,
+        &pw,
+        &acl,
+    );
+    start_broker(&mut rig);
+    let (broker_a, pw_a) = jail_credentials(&rig, ja["name"].as_str().unwrap());
+    let (broker_b, pw_b) = jail_credentials(&rig, jb["name"].as_str().unwrap());
+    assert_eq!(broker_a, format!("{gw_a}:{jport}"));
+    assert_eq!(broker_b, format!("{gw_b}:{jport}"));
+    let device_topic = format!("berth/dev/{}/{mq_serial}", b.id);
+    let own_topic_a = format!("berth/dev/{}/status", rig.vendor);
+    let sub = |pid: u64, broker: &str, user: &str, pass: &str, topics: &[&str]| {
+        let (host, port) = broker.rsplit_once(':').unwrap();
+        let mut args = vec![
+            "/usr/bin/mosquitto_sub",
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "15",
+        ];
+        for t in topics {
+            args.push("-t");
+            args.push(t);
+        }
+        in_jail_net(pid, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let b_sees = sub(
+        pid(&jb),
+        &broker_b,
+        &b.id,
+        &pw_b,
+        &[&format!("{device_topic}/#")],
+    );
+    // A's jail asks for B's device topic and its own; only its own comes.
+    let a_sees = sub(
+        pid(&ja),
+        &broker_a,
+        &rig.vendor,
+        &pw_a,
+        &[&format!("{device_topic}/#"), &own_topic_a],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let publish = |topic: &str, msg: &str| {
+        run(Command::new("/usr/bin/mosquitto_pub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &dport.to_string(),
+            "-t",
+            topic,
+            "-m",
+            msg,
+        ]));
+    };
+    // The device publishes its reading; then something for vendor A.
+    publish(&format!("{device_topic}/temp"), "21.5");
+    std::thread::sleep(Duration::from_millis(500));
+    publish(&own_topic_a, "a-only");
+    let b_out = b_sees.wait_with_output().unwrap();
+    let a_out = a_sees.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&b_out.stdout),
+        format!("{device_topic}/temp 21.5\n"),
+        "vendor B's jail did not get its device's reading: {}",
+        String::from_utf8_lossy(&b_out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&a_out.stdout),
+        format!("{own_topic_a} a-only\n"),
+        "vendor A's jail: {}",
+        String::from_utf8_lossy(&a_out.stderr)
+    );
+    drop(daemon);
+    rig.remove_jails();
+}
+
+/// A man in the middle between berthd and a vendor server on loopback: it
+/// passes every exchange through, changing one hex digit of the first
+/// `@sha256:` digest in every answer that has one (a signed plan naming
+/// another image). Ended on drop.
+struct TamperingProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TamperingProxy {
+    fn start(upstream: u16) -> TamperingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let _ = Self::exchange(c, upstream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        TamperingProxy {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// One request and its answer (the connection is closed after it).
+    fn exchange(mut c: TcpStream, upstream: u16) -> std::io::Result<()> {
+        c.set_nonblocking(false)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if c.read(&mut byte)? == 0 {
+                return Ok(());
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        c.read_exact(&mut body)?;
+        let mut req: String = head
+            .trim_end()
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        req.push_str("Connection: close\r\n\r\n");
+        let mut u = TcpStream::connect(("127.0.0.1", upstream))?;
+        u.set_read_timeout(Some(Duration::from_secs(70)))?;
+        u.write_all(req.as_bytes())?;
+        u.write_all(&body)?;
+        let mut answer = Vec::new();
+        u.read_to_end(&mut answer)?;
+        let pat = b"@sha256:";
+        if let Some(at) = answer.windows(pat.len()).position(|w| w == pat) {
+            let i = at + pat.len();
+            answer[i] = if answer[i] == b'0' { b'1' } else { b'0' };
+        }
+        c.write_all(&answer)
+    }
+}
+
+impl Drop for TamperingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until the rig's device failed; returns its error.
+fn failure_of(rig: &Rig) -> String {
+    assert!(
+        wait_until(Duration::from_secs(120), || rig
+            .device(&rig.serial)
+            .is_some_and(|d| d["stage"] == "failed")),
+        "not refused: {:?}",
+        devices(&rig.sock)
+    );
+    rig.device(&rig.serial).unwrap()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_forged_plan_is_refused_and_nothing_is_built() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    // berthd reaches the vendor through a party that changes the image
+    // digest in the signed plan.
+    let proxy = TamperingProxy::start(rig.vport);
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    std::fs::write(
+        &rig.config,
+        text.replace(
+            &format!("http://127.0.0.1:{}", rig.vport),
+            &format!("http://127.0.0.1:{}", proxy.port),
+        ),
+    )
+    .unwrap();
+    let daemon = rig.start_berthd();
+    let err = failure_of(&rig);
+    assert!(
+        err.starts_with("plan refused: ") && err.contains("signature does not verify"),
+        "{err}"
+    );
+    assert!(rig.pending().is_none(), "a forged plan was offered");
+    assert_eq!(
+        rig.host_jails(),
+        (0, 0),
+        "a jail was built for a forged plan"
+    );
+    assert!(
+        !daemon.log().contains("image pulled"),
+        "an image was pulled for a forged plan"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_plan_signed_with_the_other_vendors_key_is_refused() {
+    let mut rig = setup();
+    rig.publish(1, V1, "");
+    // Vendor B is trusted by the gateway, for its own plans only.
+    let mut b = OtherVendor::new(&mut rig, "b");
+    let bkey = b.key.clone();
+    b.serve(&mut rig, &bkey);
+    b.register(&rig);
+    // Vendor A's server now signs with B's key.
+    rig.peers[1].stop();
+    let mut c = rig.vendor_cmd();
+    c.args([
+        "serve",
+        "--insecure-http",
+        "--listen",
+        &format!("127.0.0.1:{}", rig.vport),
+        "--key",
+    ])
+    .arg(&b.key);
+    rig.peers[1] = Peer::spawn(
+        "berth-vendor (B's key)",
+        c,
+        rig.work.join("vendor-bkey.log"),
+    );
+    let port = rig.vport;
+    assert!(
+        wait_until(Duration::from_secs(20), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "berth-vendor did not come up"
+    );
+    let _daemon = rig.start_berthd();
+    let err = failure_of(&rig);
+    assert!(
+        err.starts_with("plan refused: ") && err.contains("signature does not verify"),
+        "{err}"
+    );
+    assert!(rig.pending().is_none());
+    assert_eq!(rig.host_jails(), (0, 0));
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn an_image_whose_digest_does_not_match_is_refused() {
+    let rig = setup();
+    rig.publish(1, V1, "");
+    // The registry's copy of the layer changes under its digest (a byte in
+    // the middle; the size stays).
+    let mut blobs = Vec::new();
+    let mut stack = vec![rig.work.join("registry-data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data")
+                && p.to_string_lossy().contains("/blobs/")
+            {
+                blobs.push((std::fs::metadata(&p).unwrap().len(), p));
+            }
+        }
+    }
+    let (len, layer) = blobs.into_iter().max().expect("no blob in the registry");
+    assert!(
+        len > 100_000,
+        "the largest blob is not a layer: {len} bytes"
+    );
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&layer, bytes).unwrap();
+
+    let _daemon = rig.start_berthd();
+    rig.approve_pending(1);
+    let err = failure_of(&rig);
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert!(err.contains("the content was discarded"), "{err}");
+    assert_eq!(
+        rig.host_jails(),
+        (0, 0),
+        "a jail was built from a tampered image"
+    );
+    let rep = {
+        assert!(
+            wait_until(Duration::from_secs(30), || !rig.reports().is_empty()),
+            "no report"
+        );
+        rig.reports().remove(0)
+    };
+    assert_eq!(rep["state"], "failed", "{rep}");
+    assert!(
+        rep["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("digest mismatch"),
+        "{rep}"
+    );
+}
+
+/// Writes an OCI image layout holding one image of one gzip layer whose
+/// tar has `entries` (`file PATH`, `symlink PATH TARGET`), and pushes it;
+/// returns `registry/repo@digest`.
+fn push_crafted_image(rig: &Rig, name: &str, entries: &[&str]) -> String {
+    let layout = rig.work.join(format!("{name}-oci"));
+    let script = r#"
+import gzip, hashlib, io, json, os, sys, tarfile
+out, entries = sys.argv[1], sys.argv[2:]
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+    for e in entries:
+        kind, path, *rest = e.split(" ")
+        info = tarfile.TarInfo(path)
+        info.mtime = 0
+        if kind == "file":
+            data = b"escaped\n"
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        elif kind == "symlink":
+            info.type = tarfile.SYMTYPE
+            info.linkname = rest[0]
+            t.addfile(info)
+        elif kind == "dir":
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            t.addfile(info)
+tar = raw.getvalue()
+layer = gzip.compress(tar, mtime=0)
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(out, "blobs", "sha256", d), "wb") as f:
+        f.write(data)
+    return "sha256:" + d, len(data)
+ld, ll = blob(layer)
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "config": {"Entrypoint": ["/bin/sh"]},
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}}).encode()
+cd, cl = blob(config)
+manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cl},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ll}]}).encode()
+md, ml = blob(manifest)
+with open(os.path.join(out, "index.json"), "w") as f:
+    json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ml, "annotations": {"org.opencontainers.image.ref.name": "app"}}]}, f)
+with open(os.path.join(out, "oci-layout"), "w") as f:
+    json.dump({"imageLayoutVersion": "1.0.0"}, f)
+"#;
+    run(Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&layout)
+        .args(entries));
+    let dest = format!("docker://{}/{}/{name}:v1", rig.registry(), rig.vendor);
+    run(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:app", layout.display()),
+        &dest,
+    ]));
+    let digest = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &dest,
+    ]));
+    format!("{}/{}/{name}@{}", rig.registry(), rig.vendor, digest.trim())
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn layers_that_escape_the_rootfs_are_refused() {
+    let rig = setup();
+    require_path("/usr/bin/python3", "apt-get install python3");
+    // Where each attack aims, on the host.
+    let target = rig.work.join("escape-target");
+    std::fs::create_dir_all(&target).unwrap();
+    let cases = [
+        (
+            "traversal",
+            vec![format!(
+                "file ../../../../../../../..{}/traversed",
+                target.display()
+            )],
+            "traversed",
+        ),
+        (
+            "symlink",
+            vec![
+                format!("symlink link {}", target.display()),
+                "file link/through-symlink".to_string(),
+            ],
+            "through-symlink",
+        ),
+    ];
+    for (n, (name, entries, dropped)) in cases.iter().enumerate() {
+        let entries: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let image = push_crafted_image(&rig, name, &entries);
+        rig.publish_text(n as u32 + 1, &template(&rig.vendor, &image, V1, ""));
+        // A fresh berthd store each round: the device is new again.
+        let _ = std::fs::remove_file(rig.state.join("berthd.redb"));
+        let daemon = rig.start_berthd();
+        rig.approve_pending(1);
+        let err = failure_of(&rig);
+        assert!(
+            err.contains("refused at entry") && err.contains("nothing of it was kept"),
+            "{name}: {err}"
+        );
+        assert!(
+            !target.join(dropped).exists(),
+            "{name}: the layer wrote outside the rootfs"
+        );
+        assert_eq!(rig.host_jails(), (0, 0), "{name}: a jail was built");
+        drop(daemon);
+    }
 }

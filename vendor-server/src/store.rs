@@ -433,8 +433,23 @@ impl Store {
     }
 
     /// Stores a report (already decoded and checked) with its raw body.
+    /// Gateways deliver reports at least once (one that crashed after the
+    /// vendor took a report but before it noted that sends it again): the
+    /// very same body from the same gateway again is the report already
+    /// stored, whose id is returned.
     pub fn add_report(&self, report: &Report, body: &[u8]) -> Result<i64, StoreError> {
         let c = self.conn();
+        let seen: Option<i64> = c
+            .query_row(
+                "SELECT id FROM reports WHERE plan_id = ?1 AND version = ?2 AND gateway_id = ?3 AND body = ?4 ORDER BY id LIMIT 1",
+                params![report.plan_id, report.version as i64, report.gateway_id, body],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("look up report"))?;
+        if let Some(id) = seen {
+            return Ok(id);
+        }
         c.execute(
             "INSERT INTO reports (received_at, plan_id, version, gateway_id, serial, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![now(), report.plan_id, report.version as i64, report.gateway_id, report.serial, body],
@@ -612,8 +627,19 @@ mod tests {
         };
         let body = r.to_cbor().unwrap();
         let id = s.add_report(&r, &body).unwrap();
+        // The same report delivered again is not stored twice; another
+        // gateway's is.
+        assert_eq!(s.add_report(&r, &body).unwrap(), id);
         let all = s.reports().unwrap();
         assert_eq!(all.len(), 1);
+        let mut other = r.clone();
+        other.gateway_id = "gw2".into();
+        let body2 = other.to_cbor().unwrap();
+        assert_ne!(s.add_report(&other, &body2).unwrap(), id);
+        s.conn()
+            .execute("DELETE FROM reports WHERE gateway_id = 'gw2'", [])
+            .unwrap();
+        let all = s.reports().unwrap();
         assert_eq!(all[0].id, id);
         assert_eq!(all[0].report, r);
         assert_eq!(describe_check(&r.checks[0]), "a#0 passed (3 ms): ok");

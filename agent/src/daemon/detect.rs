@@ -5,17 +5,33 @@
 //! [`super::engine::Daemon::device_seen`]. Observations without an announce
 //! (Home Assistant, Zigbee2MQTT, bare USB ids) carry no vendor endpoint and
 //! no device signature, so they are not provisioned.
+//!
+//! Replays: every source checks announce counters against one
+//! [`ReplayGuard`] kept in `<state dir>/announce-counters` (an older counter
+//! than the device's last, or the same counter on a different announce, is
+//! dropped before it reaches the daemon; the very same announce again, as
+//! a retained MQTT message or a repeated advertisement, passes). The table
+//! is written at most every second and at shutdown; a crash loses at most
+//! that last second of counters, which the vendor's own counter check
+//! still covers. The gateway does not hold device keys (vendors do), so
+//! the counters of unverified announces are checked too: the vendor's
+//! check of the signature and counter stays the authority.
 
 use std::sync::Arc;
 
+use device_probes::announce::KeyRing;
 use device_probes::event::{Drops, SourceEvent};
 use device_probes::merger::Emitter;
+use device_probes::replay::{self, ReplayGuard};
 use device_probes::rules::Rules;
 use device_probes::{ble, mqtt, serial};
 use tokio::sync::mpsc;
 
 use super::engine::{stopped, Daemon};
 use super::state::DeviceRecord;
+
+/// File of the announce counters in the state dir.
+pub const COUNTERS_FILE: &str = "announce-counters";
 
 /// Runs the sources until shutdown.
 pub async fn run(d: Arc<Daemon>) {
@@ -31,6 +47,21 @@ pub async fn run(d: Arc<Daemon>) {
         None => Rules::default(),
     };
     let rules = Arc::new(rules);
+    let counters = d.config().state_dir.join(COUNTERS_FILE);
+    let guard = match ReplayGuard::open(&counters) {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            // Not emptied silently: that would accept every replay again.
+            tracing::error!(error = %e, file = %counters.display(), "announce counters unreadable; detection is off until the file is repaired or removed");
+            return;
+        }
+    };
+    let keys = KeyRing::default().with_replay(guard.clone());
+    let persist = tokio::spawn(replay::persist(
+        guard,
+        replay::DEFAULT_FLUSH_EVERY,
+        d.shutdown(),
+    ));
     let drops = Arc::new(Drops::default());
     let (tx, mut rx) = mpsc::channel(256);
     let emitter = Emitter::new(tx, drops);
@@ -40,6 +71,7 @@ pub async fn run(d: Arc<Daemon>) {
         let scfg = serial::SerialConfig {
             explicit: cfg.serial.clone(),
             rules: rules.clone(),
+            keys: keys.clone(),
             ..serial::SerialConfig::default()
         };
         let (e, s) = (emitter.clone(), stop.clone());
@@ -54,6 +86,7 @@ pub async fn run(d: Arc<Daemon>) {
         let mut mcfg = mqtt::MqttConfig::new(host, *port);
         mcfg.client_id = format!("berthd-{}", std::process::id());
         mcfg.rules = rules.clone();
+        mcfg.keys = keys.clone();
         let (e, s) = (emitter.clone(), stop.clone());
         sources.spawn(async move {
             (
@@ -65,6 +98,7 @@ pub async fn run(d: Arc<Daemon>) {
     if cfg.ble {
         let bcfg = ble::BleConfig {
             rules: rules.clone(),
+            keys: keys.clone(),
             ..ble::BleConfig::default()
         };
         let (e, s) = (emitter.clone(), stop.clone());
@@ -97,6 +131,8 @@ pub async fn run(d: Arc<Daemon>) {
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while sources.join_next().await.is_some() {}
+        // The last flush of the counters, after the sources stopped.
+        let _ = persist.await;
     })
     .await;
 }

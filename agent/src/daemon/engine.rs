@@ -9,7 +9,8 @@
 //! - the detection sources and a task turning their announces into items;
 //! - the API server, one task per connection;
 //! - the update poller, which queues a poll per running plan every
-//!   `poll_interval`.
+//!   `poll_interval`;
+//! - the reporter, which delivers the reports owed to vendors.
 //!
 //! Durability rule: a stage is committed to the store before any side
 //! effect of that stage, and the jail a stage will create is named in the
@@ -17,20 +18,23 @@
 //! either named by an item (adopted) or an orphan (removed), and every item
 //! caught in `building`, `delivering` or `validating` has its candidate
 //! jail removed and goes back to `approved`: approval is never lost and
-//! never asked twice.
+//! never asked twice. A report is committed as owed in the same
+//! transaction as the transition it describes, and forgotten only once the
+//! vendor acknowledged (or refused) it: a crash between the two re-sends
+//! it after the restart, the same bytes, until the vendor takes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::provision::{
-    CgroupLayout, CheckResult, DeviceIdentity, GatewayCapabilities, GatewayIdentity, JailState,
-    Plan, ProvisionRequest, Report, SignedPlan, FORMAT,
+    CborMessage, CgroupLayout, CheckResult, DeviceIdentity, GatewayCapabilities, GatewayIdentity,
+    JailState, Plan, ProvisionRequest, Report, SignedPlan, FORMAT,
 };
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::api::{read_frame, write_frame, Peer, Request, Response};
 use super::backoff::Backoff;
@@ -80,8 +84,6 @@ pub enum Job {
     Drive(u64),
     /// Look for a newer version of an item's plan.
     Poll(u64),
-    /// Tell the vendor a technician refused an item.
-    ReportDenied(u64),
 }
 
 /// Everything the tasks share.
@@ -95,6 +97,8 @@ pub struct Daemon {
     queues: BTreeMap<String, mpsc::Sender<Job>>,
     shutdown: watch::Receiver<bool>,
     started: u64,
+    /// Wakes the reporter when a report is owed.
+    report_wake: Notify,
 }
 
 /// Runs the daemon until `shutdown` turns true; then stops every task and
@@ -125,6 +129,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let layout = Layout {
         state_dir: state_dir.clone(),
         cgroup_parent: config.cgroup_parent.clone(),
+        broker_port: config
+            .mqtt_routing
+            .as_ref()
+            .and_then(|r| jails::broker_port(&r.broker)),
     };
     let d = Arc::new(Daemon {
         config,
@@ -135,6 +143,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         queues,
         shutdown: shutdown.clone(),
         started: now_secs(),
+        report_wake: Notify::new(),
     });
 
     recover(&d).await?;
@@ -146,6 +155,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     }
     tasks.spawn(serve(d.clone(), listener));
     tasks.spawn(poller(d.clone()));
+    tasks.spawn(reporter(d.clone()));
     tasks.spawn(super::detect::run(d.clone()));
     // Queue what recovery left to do.
     for it in d.store.call(|s| s.items()).await? {
@@ -234,6 +244,25 @@ impl Daemon {
     async fn put(&self, it: &Item, audit: Option<AuditEntry>) -> Result<(), StoreError> {
         let it = it.clone();
         self.store.call(move |s| s.put(&it, audit)).await
+    }
+
+    /// Commits `it` (and `audit`) with `report` owed to its vendor, in one
+    /// transaction, then wakes the reporter.
+    async fn put_owing(
+        &self,
+        it: &Item,
+        audit: Option<AuditEntry>,
+        report: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let owes = report.is_some();
+        let it = it.clone();
+        self.store
+            .call(move |s| s.put_owing(&it, audit, report))
+            .await?;
+        if owes {
+            self.report_wake.notify_one();
+        }
+        Ok(())
     }
 
     async fn load(&self, id: u64) -> Result<Option<Item>, StoreError> {
@@ -447,7 +476,6 @@ async fn worker(d: Arc<Daemon>, vendor: String, mut rx: mpsc::Receiver<Job>) {
         let r = match job {
             Job::Drive(id) => drive(&d, id).await,
             Job::Poll(id) => poll(&d, id).await,
-            Job::ReportDenied(id) => report_denied(&d, id).await,
         };
         if let Err(e) = r {
             tracing::error!(vendor = vendor.as_str(), ?job, error = %e, "job failed");
@@ -532,7 +560,7 @@ async fn drive(d: &Arc<Daemon>, id: u64) -> Result<(), StoreError> {
                 transition(&mut it, Stage::Building).map_err(bad)?;
                 // Committed before the jail exists: a restart removes it.
                 d.put(&it, None).await?;
-                apply(d, &spec, it, plan).await?;
+                apply(d, it, plan).await?;
             }
             Stage::Building | Stage::Delivering | Stage::Validating => {
                 // Only reached if a previous pass stopped midway without a
@@ -754,16 +782,11 @@ async fn existing_jails(
 }
 
 /// Build, deliver, validate; then commit or roll back, and report.
-async fn apply(
-    d: &Arc<Daemon>,
-    spec: &VendorSpec,
-    mut it: Item,
-    plan: Plan,
-) -> Result<(), StoreError> {
+async fn apply(d: &Arc<Daemon>, mut it: Item, plan: Plan) -> Result<(), StoreError> {
     let name = it.candidate_jail.clone().unwrap_or_default();
     let version = plan.version;
     let outcome = build_and_check(d, &mut it, &plan, &name).await;
-    let (state, checks, error, address) = match outcome {
+    match outcome {
         Ok((checks, address)) => {
             // Commit: the candidate becomes current, the old jail goes after.
             let old = it.current_jail.take();
@@ -774,13 +797,13 @@ async fn apply(
             it.error = None;
             transition(&mut it, Stage::Running).map_err(bad)?;
             let a = audit("berthd", &it, "running", "");
-            d.put(&it, Some(a)).await?;
+            let report = encode_report(d, &plan, JailState::Running, checks, None, address);
+            d.put_owing(&it, Some(a), report).await?;
             tracing::info!(id = it.id, jail = name.as_str(), version, "running");
             if let Some(old) = old.filter(|o| *o != name) {
                 jails::remove(&d.layout, &old).await;
             }
             super::routing::refresh(d).await;
-            (JailState::Running, checks, None, address)
         }
         Err((stage_err, checks)) => {
             let had_current = it.current.is_some();
@@ -791,8 +814,14 @@ async fn apply(
             };
             it.error = Some(stage_err.clone());
             transition(&mut it, to).map_err(bad)?;
+            let st = if had_current {
+                JailState::RolledBack
+            } else {
+                JailState::Failed
+            };
+            let report = encode_report(d, &plan, st, checks, Some(&stage_err), None);
             // Committed with the candidate jail still named, then removed.
-            d.put(
+            d.put_owing(
                 &it,
                 Some(audit(
                     "berthd",
@@ -800,6 +829,7 @@ async fn apply(
                     if had_current { "rollback" } else { "failed" },
                     &stage_err,
                 )),
+                report,
             )
             .await?;
             tracing::warn!(
@@ -813,18 +843,25 @@ async fn apply(
             it.candidate_jail = None;
             it.candidate = None;
             d.put(&it, None).await?;
-            let st = if had_current {
-                JailState::RolledBack
-            } else {
-                JailState::Failed
-            };
-            (st, checks, Some(stage_err), None)
         }
-    };
+    }
+    Ok(())
+}
+
+/// The canonical CBOR of a report on `plan`; `None` (logged) when it
+/// cannot be encoded, which only a bug makes happen.
+fn encode_report(
+    d: &Daemon,
+    plan: &Plan,
+    state: JailState,
+    checks: Vec<CheckResult>,
+    error: Option<&str>,
+    address: Option<std::net::Ipv4Addr>,
+) -> Option<Vec<u8>> {
     let report = Report {
         format: FORMAT,
         plan_id: plan.plan_id.clone(),
-        version,
+        version: plan.version,
         gateway_id: d.config.gateway_id.clone(),
         serial: plan.serial.clone(),
         jail: plan.jail.name.clone(),
@@ -832,12 +869,17 @@ async fn apply(
         state,
         checks,
         error: error.map(|e| {
-            protocol::provision::report::truncate(&e, protocol::provision::report::MAX_ERROR)
+            protocol::provision::report::truncate(e, protocol::provision::report::MAX_ERROR)
                 .to_string()
         }),
     };
-    send_report(d, spec, &report).await;
-    Ok(())
+    match report.to_cbor() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(plan = plan.plan_id.as_str(), version = plan.version, error = %e, "report cannot be encoded; not sent");
+            None
+        }
+    }
 }
 
 type Checked = (Vec<CheckResult>, Option<std::net::Ipv4Addr>);
@@ -849,18 +891,28 @@ async fn build_and_check(
     name: &str,
 ) -> Result<Checked, (String, Vec<CheckResult>)> {
     let e0 = |e: String| (e, Vec::new());
-    // Building: pull the image (its layers are the jail's rootfs), create.
-    let app = plan
-        .apps
-        .first()
-        .ok_or_else(|| e0("the plan has no app".into()))?;
-    let reference = Reference::parse(app.image.as_str())
-        .map_err(|e| e0(format!("image {}: {e}", app.image)))?;
+    // Building: pull every app's image (their layers make the jail's
+    // rootfs), create.
+    if plan.apps.is_empty() {
+        return Err(e0("the plan has no app".into()));
+    }
     let opts = PullOptions::default();
-    let image = tokio::time::timeout(Duration::from_secs(600), d.images.pull(&reference, &opts))
-        .await
-        .map_err(|_| e0(format!("pulling {} timed out", app.image)))?
-        .map_err(|e| e0(format!("pull {}: {e}", app.image)))?;
+    let mut images: Vec<crate::image::ImageRootfs> = Vec::with_capacity(plan.apps.len());
+    for (i, app) in plan.apps.iter().enumerate() {
+        if let Some(j) = plan.apps[..i].iter().position(|a| a.image == app.image) {
+            let same = images[j].clone();
+            images.push(same);
+            continue;
+        }
+        let reference = Reference::parse(app.image.as_str())
+            .map_err(|e| e0(format!("image {} of app {}: {e}", app.image, app.name)))?;
+        let image =
+            tokio::time::timeout(Duration::from_secs(600), d.images.pull(&reference, &opts))
+                .await
+                .map_err(|_| e0(format!("pulling {} timed out", app.image)))?
+                .map_err(|e| e0(format!("pull {} (app {}): {e}", app.image, app.name)))?;
+        images.push(image);
+    }
     let serial = if plan.jail.devices.serial && it.device.transport == "serial" {
         Some(
             jails::host_device(Path::new(&it.device.address))
@@ -869,10 +921,11 @@ async fn build_and_check(
     } else {
         None
     };
-    let spec = jails::build_spec(&d.layout, name, plan, &image, serial).map_err(e0)?;
+    let spec = jails::build_spec(&d.layout, name, plan, &images, serial).map_err(e0)?;
     jails::prepare_dirs(&d.layout, name, plan)
         .map_err(|e| e0(format!("prepare dirs of {name}: {e}")))?;
-    super::routing::write_credentials(d, plan, name).map_err(e0)?;
+    let gateway = spec.network.as_ref().map(|n| n.gateway);
+    super::routing::write_credentials(d, plan, name, gateway).map_err(e0)?;
     let mut j = jail::Jail::create(spec)
         .await
         .map_err(|e| e0(format!("create jail {name}: {e}")))?;
@@ -885,6 +938,14 @@ async fn build_and_check(
     j.start()
         .await
         .map_err(|e| e0(format!("start jail {name}: {e}")))?;
+    // The further apps, in the running jail.
+    let mut ends = Vec::new();
+    for (app, image) in plan.apps.iter().zip(&images).skip(1) {
+        let opts = jails::app_exec(app, image).map_err(e0)?;
+        let rx = jails::start_app(d.layout.jails(), name.to_string(), app.name.clone(), opts)
+            .map_err(e0)?;
+        ends.push(rx);
+    }
     // Validating.
     transition(it, Stage::Validating).map_err(|e| e0(e.to_string()))?;
     d.put(it, None).await.map_err(|e| e0(e.to_string()))?;
@@ -910,6 +971,13 @@ async fn build_and_check(
             results,
         ));
     }
+    // A further app that already ended fails the version like a stopped
+    // jail does.
+    for rx in &ends {
+        if let Ok(line) = rx.try_recv() {
+            return Err((format!("jail {name}: {line} during validation"), results));
+        }
+    }
     Ok((results, j.address()))
 }
 
@@ -926,50 +994,137 @@ pub fn tail(path: &Path, max: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-async fn send_report(d: &Arc<Daemon>, spec: &VendorSpec, report: &Report) {
-    let Some(client) = d.clients.get(&spec.id) else {
-        return;
-    };
-    let mut backoff = Backoff::from_clock(Duration::from_millis(300), Duration::from_secs(10));
-    for attempt in 0..3 {
-        match client.report(report).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(plan = report.plan_id.as_str(), error = %e, "report not delivered");
-                if !e.retryable() || d.sleep(backoff.delay(attempt)).await {
-                    return;
-                }
-            }
+/// The report of a technician's refusal of `it`'s candidate plan.
+fn refused_report(d: &Daemon, it: &Item, spec: &VendorSpec) -> Option<Vec<u8>> {
+    let plan = candidate_plan(it, spec).ok()?;
+    encode_report(
+        d,
+        &plan,
+        JailState::Refused,
+        Vec::new(),
+        it.error.as_deref(),
+        None,
+    )
+}
+
+/// Delivers the owed reports: at start (what a crash left owed), whenever
+/// a transition owes one, and after a failed delivery with backoff.
+async fn reporter(d: Arc<Daemon>) {
+    let mut backoff = Backoff::from_clock(Duration::from_secs(1), Duration::from_secs(60));
+    let mut failed_rounds = 0u32;
+    let mut stop = d.shutdown();
+    loop {
+        let retry = deliver_owed(&d).await;
+        let wait = if retry {
+            failed_rounds = failed_rounds.saturating_add(1);
+            backoff.delay(failed_rounds - 1)
+        } else {
+            failed_rounds = 0;
+            // Nothing owed: only a new report wakes us.
+            Duration::from_secs(24 * 3600)
+        };
+        tokio::select! {
+            // Cancel-safe: a notification that finds no waiter is kept as a
+            // permit for the next `notified`; the sleep is made anew.
+            _ = d.report_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped(&mut stop) => return,
         }
     }
 }
 
-async fn report_denied(d: &Arc<Daemon>, id: u64) -> Result<(), StoreError> {
-    let Some(it) = d.load(id).await? else {
-        return Ok(());
+/// One round over the owed reports, oldest first. A vendor that cannot be
+/// reached keeps its reports (and their order) for the next round; one
+/// that refuses a report for good (4xx) has it dropped and audited.
+/// Returns whether any report is left to retry.
+async fn deliver_owed(d: &Arc<Daemon>) -> bool {
+    let owed = match d.store.call(|s| s.owed_reports()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "reporter cannot read the store");
+            return true;
+        }
     };
-    let Some(spec) = d.config.vendors.get(&it.device.vendor).cloned() else {
-        return Ok(());
-    };
-    let Some((plan_id, version)) = it.candidate_version.clone() else {
-        return Ok(());
-    };
-    let report = Report {
-        format: FORMAT,
-        plan_id,
-        version,
-        gateway_id: d.config.gateway_id.clone(),
-        serial: it.device.serial.clone(),
-        jail: candidate_plan(&it, &spec)
-            .map(|p| p.jail.name)
-            .unwrap_or_else(|_| "-".into()),
-        address: None,
-        state: JailState::Refused,
-        checks: Vec::new(),
-        error: it.error.clone(),
-    };
-    send_report(d, &spec, &report).await;
-    Ok(())
+    let mut unreachable = BTreeSet::new();
+    for (seq, o) in owed {
+        if d.stopping() {
+            return false;
+        }
+        if unreachable.contains(&o.vendor) {
+            continue;
+        }
+        let settle = |detail: Option<String>, plan: Option<(String, u64)>| {
+            let a = detail.map(|detail| AuditEntry {
+                v: RECORD_VERSION,
+                time: now_secs(),
+                who: "berthd".into(),
+                item: o.item,
+                plan,
+                decision: "report-dropped".into(),
+                detail,
+            });
+            d.store.call(move |s| s.report_settled(seq, a))
+        };
+        let Some(client) = d.clients.get(&o.vendor) else {
+            let why = format!("vendor {} is no longer in the registry", o.vendor);
+            tracing::warn!(seq, reason = why.as_str(), "owed report dropped");
+            if let Err(e) = settle(Some(why), None).await {
+                tracing::warn!(error = %e, "cannot settle a report");
+            }
+            continue;
+        };
+        let report = match Report::from_cbor(&o.report) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("stored report does not decode: {e}");
+                tracing::error!(seq, reason = why.as_str(), "owed report dropped");
+                if let Err(e) = settle(Some(why), None).await {
+                    tracing::warn!(error = %e, "cannot settle a report");
+                }
+                continue;
+            }
+        };
+        let plan = Some((report.plan_id.clone(), report.version));
+        let r = match client.report(&report).await {
+            Ok(()) => {
+                tracing::info!(
+                    vendor = o.vendor.as_str(),
+                    plan = report.plan_id.as_str(),
+                    version = report.version,
+                    state = ?report.state,
+                    "report delivered"
+                );
+                settle(None, plan).await
+            }
+            Err(e) if e.retryable() => {
+                tracing::warn!(
+                    vendor = o.vendor.as_str(),
+                    plan = report.plan_id.as_str(),
+                    version = report.version,
+                    error = %e,
+                    "report not delivered; kept for a retry"
+                );
+                unreachable.insert(o.vendor.clone());
+                continue;
+            }
+            Err(e) => {
+                let why = format!("the vendor refused the report: {e}");
+                tracing::warn!(
+                    vendor = o.vendor.as_str(),
+                    plan = report.plan_id.as_str(),
+                    version = report.version,
+                    reason = why.as_str(),
+                    "owed report dropped"
+                );
+                settle(Some(why), plan).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot settle a report");
+            return true;
+        }
+    }
+    !unreachable.is_empty()
 }
 
 /// Fetches a running plan and converges to a newer version.
@@ -1164,22 +1319,27 @@ async fn handle_inner(d: &Arc<Daemon>, peer: Peer, req: Request) -> Result<Respo
                 if deny { "deny" } else { "approve" },
                 &reason,
             );
-            d.put(&it, Some(a)).await?;
+            let report = if deny {
+                d.config
+                    .vendors
+                    .get(&it.device.vendor)
+                    .and_then(|spec| refused_report(d, &it, spec))
+            } else {
+                None
+            };
+            d.put_owing(&it, Some(a), report).await?;
             tracing::info!(
                 id,
                 who = peer.who().as_str(),
                 decision = if deny { "deny" } else { "approve" },
                 "technician decision"
             );
-            let job = if deny {
-                Job::ReportDenied(id)
-            } else {
-                Job::Drive(id)
-            };
-            let vendor = it.device.vendor.clone();
-            // Queue without holding up the answer to the technician.
-            let d2 = d.clone();
-            tokio::spawn(async move { d2.enqueue(&vendor, job).await });
+            if !deny {
+                let vendor = it.device.vendor.clone();
+                // Queue without holding up the answer to the technician.
+                let d2 = d.clone();
+                tokio::spawn(async move { d2.enqueue(&vendor, Job::Drive(id)).await });
+            }
             ok(json!({ "id": id, "stage": it.stage.name() }))
         }
         Request::Pair { vendor, secs } => {

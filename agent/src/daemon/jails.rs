@@ -9,6 +9,18 @@
 //! the old one; a failed update removes the new one and the old never
 //! stopped.
 //!
+//! Apps: every app of a plan runs in the plan's one jail (one set of
+//! namespaces, one cgroup with the plan's resources, one address), the way
+//! a pod's containers share theirs. The jail's rootfs stacks the layers of
+//! every app's image, the first app's image on top (a path two images both
+//! hold comes from the earlier app; layers the images share appear once,
+//! below the layers of every image that uses them). The first app is the
+//! jail's payload, under the jail's init; each further app is started in
+//! the running jail by [`start_app`], with its own command, environment
+//! and working directory. Every app's checks decide the version; a failed
+//! one removes the candidate jail with all its apps, while the previous
+//! version's jail, with all of its apps, never stopped.
+//!
 //! State dir layout (shared with `berth jail`):
 //!
 //! ```text
@@ -47,6 +59,17 @@ pub struct Layout {
     pub state_dir: PathBuf,
     /// Cgroup parent of jails.
     pub cgroup_parent: String,
+    /// The TCP port of the MQTT broker jails are given (`[mqtt_routing]`):
+    /// the firewall lets every vendor bridge reach it on the host.
+    pub broker_port: Option<u16>,
+}
+
+/// The port of a broker address as `[mqtt_routing] broker` gives it
+/// (`HOST:PORT`, optionally `mqtt://HOST:PORT`); `None` without a port.
+pub fn broker_port(broker: &str) -> Option<u16> {
+    let rest = broker.strip_prefix("mqtt://").unwrap_or(broker);
+    let (_, port) = rest.trim_end_matches('/').rsplit_once(':')?;
+    port.parse().ok().filter(|p| *p != 0)
 }
 
 impl Layout {
@@ -164,18 +187,105 @@ pub fn env(app: &App, image: &ImageRootfs) -> Vec<String> {
     m.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Builds the spec of the jail running `plan` from `image`.
+/// The working directory of an app: its image's, or `/`.
+pub fn cwd(image: &ImageRootfs) -> String {
+    if image.config.working_dir.starts_with('/') {
+        image.config.working_dir.clone()
+    } else {
+        "/".to_string()
+    }
+}
+
+/// The lower layers of a jail running apps from `images` (one per app, in
+/// the plan's order), topmost first: each image's layers in its own order,
+/// the first app's image on top; a layer several images share is kept
+/// once, at its lowest place, so that it stays below every image built on
+/// it.
+pub fn stacked_layers(images: &[ImageRootfs]) -> Vec<PathBuf> {
+    let all: Vec<&PathBuf> = images.iter().flat_map(|i| i.layers.iter()).collect();
+    let mut out = Vec::with_capacity(all.len());
+    for (i, l) in all.iter().enumerate() {
+        if !all[i + 1..].contains(l) {
+            out.push((*l).clone());
+        }
+    }
+    out
+}
+
+/// How a further app (not the first) of a plan is started in its running
+/// jail: its command line, environment and working directory. Its output
+/// goes to berthd's own standard output and error.
+pub fn app_exec(app: &App, image: &ImageRootfs) -> Result<jail::ExecOptions, String> {
+    let args = argv(app, image);
+    if args.is_empty() {
+        return Err(format!(
+            "app {} has no command and its image no entrypoint",
+            app.name
+        ));
+    }
+    let mut opts = jail::ExecOptions::new(args);
+    opts.env = Some(env(app, image));
+    opts.cwd = Some(cwd(image));
+    opts.stdio = jail::ExecStdio::Inherit;
+    Ok(opts)
+}
+
+/// Starts a further app in the running jail `jail` and returns a channel
+/// that receives one line when the app ends (how it ended). The app lives
+/// in the jail's namespaces and cgroup: removing the jail ends it, and it
+/// keeps running if berthd stops. Its wait runs on a thread of its own
+/// (not the runtime's blocking pool, which a graceful stop of berthd waits
+/// for).
+pub fn start_app(
+    state_root: PathBuf,
+    jail: String,
+    app: String,
+    opts: jail::ExecOptions,
+) -> Result<std::sync::mpsc::Receiver<String>, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let what = format!("start app {app} in jail {jail}");
+    std::thread::Builder::new()
+        .name(format!("app-{app}"))
+        .spawn(move || {
+            let ended = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(async {
+                    let j = jail::Jail::adopt(&state_root, &jail).await?;
+                    j.exec(opts).await
+                }),
+                Err(source) => Err(jail::Error::Io {
+                    what: "build the runtime of an app's wait".into(),
+                    source,
+                }),
+            };
+            let line = match ended {
+                Ok(o) => format!("app {app} exited with code {}", o.code),
+                Err(e) => format!("app {app} could not run: {e}"),
+            };
+            tracing::info!(jail = jail.as_str(), "{line}");
+            let _ = tx.send(line);
+        })
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(rx)
+}
+
+/// Builds the spec of the jail running `plan`; `images` holds the pulled
+/// image of each app, in the plan's order.
 pub fn build_spec(
     layout: &Layout,
     name: &str,
     plan: &Plan,
-    image: &ImageRootfs,
+    images: &[ImageRootfs],
     serial: Option<HostDevice>,
 ) -> Result<JailSpec, String> {
     let app = plan.apps.first().ok_or("the plan has no app")?;
-    if plan.apps.len() > 1 {
+    let image = images.first().ok_or("the plan's first app has no image")?;
+    if images.len() != plan.apps.len() {
         return Err(format!(
-            "the plan has {} apps; this gateway runs one app per jail",
+            "{} images for {} apps",
+            images.len(),
             plan.apps.len()
         ));
     }
@@ -194,25 +304,38 @@ pub fn build_spec(
             app.name
         ));
     }
-    let cwd = if image.config.working_dir.starts_with('/') {
-        image.config.working_dir.clone()
-    } else {
-        "/".to_string()
-    };
+    for (a, i) in plan.apps.iter().zip(images).skip(1) {
+        app_exec(a, i)?;
+    }
+    let cwd = cwd(image);
+    // The apps share one mount namespace: their mounts are merged, and two
+    // apps may name the same target only for the same volume and mode.
+    let mut targets: BTreeMap<&str, (&str, &str, bool)> = BTreeMap::new();
     let mut mounts = Vec::new();
-    for m in &app.mounts {
-        if !plan.jail.volumes.iter().any(|v| v.name == m.volume) {
-            return Err(format!(
-                "app {} mounts unknown volume {}",
-                app.name, m.volume
-            ));
+    for a in &plan.apps {
+        for m in &a.mounts {
+            if !plan.jail.volumes.iter().any(|v| v.name == m.volume) {
+                return Err(format!("app {} mounts unknown volume {}", a.name, m.volume));
+            }
+            match targets.get(m.target.as_str()) {
+                Some((_, vol, ro)) if *vol == m.volume.as_str() && *ro == m.read_only => continue,
+                Some((other, vol, _)) => {
+                    return Err(format!(
+                        "apps {other} and {} both mount on {} (volumes {vol} and {}); the apps of a plan share the jail's mounts",
+                        a.name, m.target, m.volume
+                    ))
+                }
+                None => {
+                    targets.insert(&m.target, (&a.name, &m.volume, m.read_only));
+                }
+            }
+            let src = layout.volume(&plan.vendor, &plan.jail.name, &m.volume);
+            let mut options = vec!["rbind".to_string()];
+            options.push(if m.read_only { "ro" } else { "rw" }.into());
+            mounts.push(serde_json::json!({
+                "destination": m.target, "type": "bind", "source": src, "options": options,
+            }));
         }
-        let src = layout.volume(&plan.vendor, &plan.jail.name, &m.volume);
-        let mut options = vec!["rbind".to_string()];
-        options.push(if m.read_only { "ro" } else { "rw" }.into());
-        mounts.push(serde_json::json!({
-            "destination": m.target, "type": "bind", "source": src, "options": options,
-        }));
     }
     let mut linux = serde_json::json!({});
     if let (true, Some(d)) = (plan.jail.devices.serial, serial) {
@@ -239,7 +362,7 @@ pub fn build_spec(
     .map_err(|e| format!("build the jail spec: {e}"))?;
     let dir = layout.overlay(name);
     let rootfs = RootfsOptions::Overlay {
-        lowers: image.layers.clone(),
+        lowers: stacked_layers(images),
         upper: dir.join("upper"),
         work: dir.join("work"),
     };
@@ -383,7 +506,12 @@ pub fn apply_firewall(layout: &Layout) -> Result<(), String> {
                     subnet: r.dest,
                     prefix_len: r.mask.count_ones() as u8,
                     gateway: std::net::Ipv4Addr::from(u32::from(r.dest) + 1),
-                    host_ports: Vec::new(),
+                    // The broker of `[mqtt_routing]` is the one host
+                    // service a jail is given.
+                    host_ports: layout
+                        .broker_port
+                        .map(|p| vec![(netns::Proto::Tcp, p)])
+                        .unwrap_or_default(),
                     allow_to: Vec::new(),
                 });
             }
@@ -453,8 +581,116 @@ mod tests {
         }
     }
 
+    fn plan_of(apps: Vec<App>) -> Plan {
+        protocol::provision::Plan {
+            format: protocol::provision::FORMAT,
+            plan_id: "p".into(),
+            version: 1,
+            vendor: "acme".into(),
+            model: "M".into(),
+            serial: "S".into(),
+            jail: protocol::provision::JailPlan {
+                name: "app".into(),
+                mode: protocol::provision::JailMode::CreateOrReuse,
+                resources: protocol::provision::Resources {
+                    memory: 64 << 20,
+                    cpu_millis: 0,
+                    pids: 64,
+                },
+                network: protocol::provision::NetworkPolicy {
+                    enabled: false,
+                    host_ports: vec![],
+                },
+                devices: protocol::provision::DevicePassthrough { serial: false },
+                volumes: vec![protocol::provision::Volume {
+                    name: "data".into(),
+                }],
+            },
+            apps,
+        }
+    }
+
+    fn mount(volume: &str, target: &str, read_only: bool) -> protocol::provision::Mount {
+        protocol::provision::Mount {
+            volume: volume.into(),
+            target: target.into(),
+            read_only,
+        }
+    }
+
     #[test]
-    fn port_forwards_and_several_apps_are_refused_not_ignored() {
+    fn several_apps_share_one_jail() {
+        let layout = Layout {
+            state_dir: PathBuf::from("/tmp/st"),
+            cgroup_parent: "berth".into(),
+            broker_port: None,
+        };
+        let mut second = app();
+        second.name = "api".into();
+        second.command = vec!["/bin/api".into()];
+        second.env.insert("MODE".into(), "api".into());
+        second.mounts = vec![mount("data", "/data", true)];
+        let mut first = app();
+        first.mounts = vec![mount("data", "/data", true)];
+        let plan = plan_of(vec![first, second.clone()]);
+        let mut other = image();
+        other.layers = vec![PathBuf::from("/l/3"), PathBuf::from("/l/1")];
+        other.config.working_dir = "/srv".into();
+        let images = [image(), other.clone()];
+        let spec = build_spec(&layout, "acme-app-1", &plan, &images, None).unwrap();
+        // The first app is the payload.
+        assert_eq!(spec.process.args, ["/bin/app", "--serve"]);
+        // Both images' layers, the first app's on top, the shared base once
+        // and below both.
+        match &spec.rootfs {
+            RootfsOptions::Overlay { lowers, .. } => assert_eq!(
+                lowers,
+                &[
+                    PathBuf::from("/l/2"),
+                    PathBuf::from("/l/3"),
+                    PathBuf::from("/l/1")
+                ]
+            ),
+            other => panic!("not an overlay: {other:?}"),
+        }
+        // The same mount asked by both apps is made once.
+        assert_eq!(
+            spec.mounts
+                .iter()
+                .filter(|m| m.destination == "/data")
+                .count(),
+            1
+        );
+        // The second app runs with its own command, environment and cwd.
+        let x = app_exec(&second, &other).unwrap();
+        assert_eq!(x.args, ["/bin/api"]);
+        let env = x.env.unwrap();
+        assert!(env.contains(&"MODE=api".to_string()), "{env:?}");
+        assert_eq!(x.cwd.as_deref(), Some("/srv"));
+        assert_eq!(x.stdio, jail::ExecStdio::Inherit);
+
+        // Two apps may not put different volumes (or modes) on one target.
+        let mut clash = second.clone();
+        clash.mounts = vec![mount("data", "/data", false)];
+        let mut first = app();
+        first.mounts = vec![mount("data", "/data", true)];
+        let plan = plan_of(vec![first, clash]);
+        let e = build_spec(&layout, "acme-app-1", &plan, &images, None).unwrap_err();
+        assert!(e.starts_with("apps web and api both mount on /data"), "{e}");
+        // A further app without a command line is refused before anything
+        // is built.
+        let mut bare = second;
+        bare.command.clear();
+        let mut no_entry = other;
+        no_entry.config.entrypoint.clear();
+        no_entry.config.cmd.clear();
+        let plan = plan_of(vec![app(), bare]);
+        let e = build_spec(&layout, "acme-app-1", &plan, &[image(), no_entry], None).unwrap_err();
+        assert_eq!(e, "app api has no command and its image no entrypoint");
+    }
+
+    #[test]
+    fn port_forwards_are_refused_not_ignored() {
         let mut plan = protocol::provision::Plan {
             format: protocol::provision::FORMAT,
             plan_id: "p".into(),
@@ -485,15 +721,12 @@ mod tests {
         let layout = Layout {
             state_dir: PathBuf::from("/tmp/st"),
             cgroup_parent: "berth".into(),
+            broker_port: None,
         };
-        let e = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap_err();
+        let e = build_spec(&layout, "acme-app-1", &plan, &[image()], None).unwrap_err();
         assert!(e.contains("does not forward ports yet"), "{e}");
         plan.jail.network.host_ports.clear();
-        plan.apps.push(app());
-        let e = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap_err();
-        assert_eq!(e, "the plan has 2 apps; this gateway runs one app per jail");
-        plan.apps.pop();
-        let spec = build_spec(&layout, "acme-app-1", &plan, &image(), None).unwrap();
+        let spec = build_spec(&layout, "acme-app-1", &plan, &[image()], None).unwrap();
         assert_eq!(spec.process.args, ["/bin/app", "--serve"]);
         assert_eq!(spec.resources.memory_max, Some(64 << 20));
         assert_eq!(spec.resources.pids_max, Some(64));
@@ -501,6 +734,15 @@ mod tests {
             spec.devices.is_empty(),
             "no device without a serial passthrough"
         );
+    }
+
+    #[test]
+    fn the_broker_port_is_read_from_its_address() {
+        assert_eq!(broker_port("10.213.0.1:1883"), Some(1883));
+        assert_eq!(broker_port("mqtt://127.0.0.1:8883"), Some(8883));
+        assert_eq!(broker_port("[fd00::1]:1884"), Some(1884));
+        assert_eq!(broker_port("broker.local"), None);
+        assert_eq!(broker_port("h:0"), None);
     }
 
     #[test]

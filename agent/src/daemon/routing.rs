@@ -9,7 +9,12 @@
 //!   `berth/dev/<vendor>/#`. berthd writes mosquitto's `acl_file` and
 //!   `password_file` (SHA-512 `$6$` entries) atomically and sends the broker
 //!   SIGHUP (mosquitto.conf(5): it reloads both). The jail finds its
-//!   credentials in `/etc/berth/mqtt.conf` of its own rootfs.
+//!   credentials in `/etc/berth/mqtt.conf` of its own rootfs, with the
+//!   broker's address: `[mqtt_routing] broker` as configured, where the
+//!   host `gateway` stands for the jail's own bridge address on the host
+//!   (a broker listening on the bridges is reached by every jail through
+//!   its own bridge; berthd's firewall opens the broker's port, and only
+//!   that port, from the vendor bridges to the host).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -29,9 +34,28 @@ pub fn vendor_topic(vendor: &str) -> String {
     format!("berth/dev/{vendor}/#")
 }
 
+/// The broker address a jail is given: `broker` with the host `gateway`
+/// replaced by the jail's bridge address on the host.
+pub fn broker_for_jail(broker: &str, gateway: Option<std::net::Ipv4Addr>) -> String {
+    let (scheme, rest) = match broker.strip_prefix("mqtt://") {
+        Some(r) => ("mqtt://", r),
+        None => ("", broker),
+    };
+    match (rest.strip_prefix("gateway:"), gateway) {
+        (Some(port), Some(gw)) => format!("{scheme}{gw}:{port}"),
+        _ => broker.to_string(),
+    }
+}
+
 /// Writes the broker credentials into the new jail's upper dir (before the
-/// jail starts). A no-op without `[mqtt_routing]` or without network.
-pub fn write_credentials(d: &Arc<Daemon>, plan: &Plan, jail: &str) -> Result<(), String> {
+/// jail starts); `gateway` is the jail's bridge address on the host. A
+/// no-op without `[mqtt_routing]` or without network.
+pub fn write_credentials(
+    d: &Arc<Daemon>,
+    plan: &Plan,
+    jail: &str,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Result<(), String> {
     let Some(r) = &d.config().mqtt_routing else {
         return Ok(());
     };
@@ -48,7 +72,7 @@ pub fn write_credentials(d: &Arc<Daemon>, plan: &Plan, jail: &str) -> Result<(),
     let file = upper.join(CREDENTIALS_IN_JAIL);
     let text = format!(
         "broker={}\nusername={}\npassword={password}\ntopic={}\n",
-        r.broker,
+        broker_for_jail(&r.broker, gateway),
         plan.vendor,
         vendor_topic(&plan.vendor)
     );
@@ -201,6 +225,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jail_is_given_its_own_gateway_for_the_broker() {
+        let gw = Some(std::net::Ipv4Addr::new(10, 77, 3, 1));
+        assert_eq!(broker_for_jail("gateway:1883", gw), "10.77.3.1:1883");
+        assert_eq!(
+            broker_for_jail("mqtt://gateway:8883", gw),
+            "mqtt://10.77.3.1:8883"
+        );
+        assert_eq!(broker_for_jail("10.9.9.9:1883", gw), "10.9.9.9:1883");
+        // Without a network there is no gateway to name.
+        assert_eq!(broker_for_jail("gateway:1883", None), "gateway:1883");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

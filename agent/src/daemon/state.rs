@@ -248,6 +248,25 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A report to a vendor that berthd owes: written in the same transaction
+/// as the transition it reports on, removed once the vendor acknowledged
+/// it (or refused it for good). A crash between the transition and the
+/// report therefore cannot lose the report: the next start sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwedReport {
+    /// Record format.
+    pub v: u32,
+    /// The vendor it goes to.
+    pub vendor: String,
+    /// The request it is about.
+    pub item: u64,
+    /// The report's canonical CBOR, exactly as it will be sent.
+    #[serde(with = "hexbytes")]
+    pub report: Vec<u8>,
+    /// Unix time it was owed from.
+    pub since: u64,
+}
+
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

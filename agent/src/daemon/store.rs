@@ -9,7 +9,12 @@
 //! - `versions`: plan id → highest plan version accepted (the replay guard);
 //! - `audit`: sequence → [`AuditEntry`] (append-only);
 //! - `pairing`: vendor → unix time the pairing window ends;
-//! - `meta`: `schema`, `next_id`, `next_audit`.
+//! - `reports`: sequence → [`OwedReport`] (JSON): reports committed with
+//!   the transition they describe and not yet acknowledged by the vendor;
+//! - `meta`: `schema`, `next_id`, `next_audit`, `next_report`.
+//!
+//! A table added later (`reports`) is created when a store is opened, so
+//! stores written before it stay readable without a schema change.
 //!
 //! All calls block (they fsync): async code runs them through
 //! [`Store::call`], which moves them off the runtime.
@@ -19,7 +24,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::state::{AuditEntry, Item, Stage, RECORD_VERSION};
+use super::state::{AuditEntry, Item, OwedReport, Stage, RECORD_VERSION};
 
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
 const IDS: TableDefinition<u64, &str> = TableDefinition::new("ids");
@@ -27,6 +32,7 @@ const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const PAIRING: TableDefinition<&str, u64> = TableDefinition::new("pairing");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("reports");
 
 /// Schema of the tables above.
 pub const SCHEMA: u64 = 1;
@@ -163,6 +169,7 @@ impl Store {
             tx.open_table(VERSIONS).map_err(self.err("open versions"))?;
             tx.open_table(AUDIT).map_err(self.err("open audit"))?;
             tx.open_table(PAIRING).map_err(self.err("open pairing"))?;
+            tx.open_table(REPORTS).map_err(self.err("open reports"))?;
         }
         tx.commit().map_err(self.err("commit"))?;
         Ok(())
@@ -251,12 +258,24 @@ impl Store {
     /// When the item carries a plan version that moves into force
     /// (`current_version`), the replay guard advances with it.
     pub fn put(&self, item: &Item, audit: Option<AuditEntry>) -> Result<(), StoreError> {
+        self.put_owing(item, audit, None).map(|_| ())
+    }
+
+    /// [`Store::put`], and in the same transaction records `report` as
+    /// owed to the item's vendor; returns the report's sequence number.
+    pub fn put_owing(
+        &self,
+        item: &Item,
+        audit: Option<AuditEntry>,
+        report: Option<Vec<u8>>,
+    ) -> Result<Option<u64>, StoreError> {
         let key = item.key();
         let bytes = serde_json::to_vec(item).map_err(|e| StoreError::Record {
             path: self.path.clone(),
             key: key.clone(),
             reason: e.to_string(),
         })?;
+        let mut seq = None;
         let tx = self.db.begin_write().map_err(self.err("begin"))?;
         {
             let mut items = tx.open_table(ITEMS).map_err(self.err("open items"))?;
@@ -283,6 +302,49 @@ impl Store {
                         .map_err(self.err("write version"))?;
                 }
             }
+            if let Some(a) = audit {
+                append_audit(&tx, &a, &self.path).map_err(|e| self.err("write audit")(e))?;
+            }
+            if let Some(report) = report {
+                let owed = OwedReport {
+                    v: RECORD_VERSION,
+                    vendor: item.device.vendor.clone(),
+                    item: item.id,
+                    report,
+                    since: super::state::now_secs(),
+                };
+                seq = Some(append_report(&tx, &owed).map_err(|e| self.err("write report")(e))?);
+            }
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(seq)
+    }
+
+    /// Reports owed to vendors, oldest first, with their sequence numbers.
+    pub fn owed_reports(&self) -> Result<Vec<(u64, OwedReport)>, StoreError> {
+        let tx = self.db.begin_read().map_err(self.err("begin read"))?;
+        let t = tx.open_table(REPORTS).map_err(self.err("open reports"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(self.err("list reports"))? {
+            let (k, v) = row.map_err(self.err("list reports"))?;
+            let r: OwedReport =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Record {
+                    path: self.path.clone(),
+                    key: format!("report {}", k.value()),
+                    reason: e.to_string(),
+                })?;
+            out.push((k.value(), r));
+        }
+        Ok(out)
+    }
+
+    /// Forgets an owed report (the vendor acknowledged or refused it), with
+    /// an audit entry when given, in one transaction.
+    pub fn report_settled(&self, seq: u64, audit: Option<AuditEntry>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(self.err("begin"))?;
+        {
+            let mut t = tx.open_table(REPORTS).map_err(self.err("open reports"))?;
+            t.remove(seq).map_err(self.err("remove report"))?;
             if let Some(a) = audit {
                 append_audit(&tx, &a, &self.path).map_err(|e| self.err("write audit")(e))?;
             }
@@ -446,6 +508,17 @@ fn append_audit(
     Ok(())
 }
 
+fn append_report(tx: &redb::WriteTransaction, r: &OwedReport) -> Result<u64, redb::Error> {
+    let mut meta = tx.open_table(META)?;
+    let seq = meta.get("next_report")?.map_or(1, |g| g.value());
+    meta.insert("next_report", seq + 1)?;
+    // Serialising a struct of strings and integers cannot fail.
+    let bytes = serde_json::to_vec(r).unwrap_or_default();
+    let mut t = tx.open_table(REPORTS)?;
+    t.insert(seq, bytes.as_slice())?;
+    Ok(seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +627,47 @@ mod tests {
         assert_eq!(got.stage, Stage::Requested, "stage not overwritten");
         assert_eq!(got.device.announce, vec![9, 9]);
         assert!(!s.update_device(&seen).unwrap(), "nothing new");
+    }
+
+    #[test]
+    fn an_owed_report_is_committed_with_its_transition_and_kept_until_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let s = Store::open(d.path()).unwrap();
+            id = s.next_id().unwrap();
+            let mut it = Item::new(id, device("s1"));
+            s.put(&it, None).unwrap();
+            transition(&mut it, Stage::Requested).unwrap();
+            let seq = s
+                .put_owing(&it, Some(entry(id, "failed")), Some(vec![0xa1, 0x00]))
+                .unwrap();
+            assert_eq!(seq, Some(1));
+            // Another one for the same vendor, later.
+            s.put_owing(&it, None, Some(vec![0xa0])).unwrap();
+            assert_eq!(s.put_owing(&it, None, None).unwrap(), None);
+        }
+        // Reopened as after a crash: both are still owed, in order, with
+        // the transition they came with.
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.item_by_id(id).unwrap().unwrap().stage, Stage::Requested);
+        let owed = s.owed_reports().unwrap();
+        assert_eq!(owed.len(), 2);
+        assert_eq!((owed[0].0, owed[1].0), (1, 2));
+        assert_eq!(owed[0].1.report, vec![0xa1, 0x00]);
+        assert_eq!((owed[0].1.vendor.as_str(), owed[0].1.item), ("acme", id));
+        s.report_settled(1, Some(entry(id, "report-refused")))
+            .unwrap();
+        let owed = s.owed_reports().unwrap();
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].0, 2);
+        assert_eq!(
+            s.audit_log().unwrap().last().unwrap().decision,
+            "report-refused"
+        );
+        // Sequence numbers are never reused.
+        let it = s.item_by_id(id).unwrap().unwrap();
+        assert_eq!(s.put_owing(&it, None, Some(vec![0xa0])).unwrap(), Some(3));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `berth jail ...`: checks the input, recovers stale leftovers, then drives
-//! the `jail` runtime on a current-thread tokio runtime.
+//! the `jail` runtime on a current-thread tokio runtime, with the blocking
+//! steps run inline (nothing else runs on that runtime).
 //!
 //! Every check that can refuse a command runs before anything is created:
 //! the rootfs and layers, root, the name. A refused command exits with 2 and
@@ -69,6 +70,8 @@ fn run(state_dir: &Path, cgroup_parent: &str, cmd: JailCommand) -> Result<ExitCo
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
+    // One command, one jail, nothing else on this runtime: see `blocking`.
+    jail::set_inline_blocking(true);
     let ctx = Ctx::new(state_dir, cgroup_parent);
     rt.block_on(dispatch(&ctx, cmd))
 }
@@ -192,12 +195,14 @@ async fn lock_state(ctx: &Ctx, create: bool) -> Result<Option<StateLock>, CliErr
     .await
 }
 
+/// Runs a blocking step. Inline: this command's runtime drives one jail
+/// and runs nothing else meanwhile, and a hand-off to tokio's blocking
+/// pool costs two thread switches (milliseconds on a loaded machine); the
+/// jail library is told the same by [`jail::set_inline_blocking`].
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CliError> + Send + 'static,
 ) -> Result<T, CliError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CliError::Jail(format!("blocking task failed: {e}")))?
+    f()
 }
 
 fn jail_err(e: jail::Error) -> CliError {
@@ -429,14 +434,33 @@ async fn gc_bridge(ctx: &Ctx, bridge: &str) -> Result<bool, CliError> {
         return Ok(false);
     }
     // The allocator's file lists one `lease ADDR OWNER` line per address
-    // handed out (netns::alloc); an unreadable file counts as in use.
-    let leases = std::fs::read_to_string(&alloc_file)
+    // handed out and one `quarantine ADDR LINK` line per address waiting
+    // for the veth of a jail that ended to go (netns::alloc); an
+    // unreadable file counts as in use.
+    let text = std::fs::read_to_string(&alloc_file).ok();
+    let leases = text
+        .as_deref()
         .map(|t| t.lines().filter(|l| l.starts_with("lease ")).count())
         .unwrap_or(usize::MAX);
-    let ports = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
-        .map(|rd| rd.count())
+    let dying: Vec<&str> = text
+        .as_deref()
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("quarantine "))
+                .filter_map(|l| l.split(' ').nth(1))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Ports other than those dying veths (which the kernel is removing
+    // with their jails' namespaces) keep the bridge.
+    let foreign_ports = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !dying.iter().any(|d| e.file_name() == *d))
+                .count()
+        })
         .unwrap_or(0);
-    if leases > 0 || ports > 0 {
+    if leases > 0 || foreign_ports > 0 {
         return Ok(false);
     }
     let c = netns::Net::connect().await.map_err(|e| CliError::Net {
@@ -738,9 +762,12 @@ async fn create_locked(
     cmd: &[std::ffi::OsString],
     console: Console,
 ) -> Result<Jail, CliError> {
+    let t0 = std::time::Instant::now();
     let spec = build_spec(ctx, name, opts, cmd, console)?;
     let _lock = lock_state(ctx, true).await?;
+    mark(t0, "locked");
     recover(ctx).await?;
+    mark(t0, "recovered");
     if ctx.jail_exists(name) {
         return Err(CliError::NameClash {
             name: name.to_string(),
@@ -765,6 +792,7 @@ async fn create_locked(
             return Err(e);
         }
     }
+    mark(t0, "firewall synced");
     match Jail::create(spec).await {
         Ok(j) => Ok(j),
         Err(e) => {
@@ -785,22 +813,38 @@ async fn cmd_create(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Phase timings for profiling, as debug events of target `berth::timing`
+/// (`RUST_LOG=berth::timing=debug,jail::timing=debug`).
+fn mark(t0: std::time::Instant, phase: &'static str) {
+    tracing::debug!(
+        target: "berth::timing",
+        phase,
+        us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    );
+}
+
 async fn cmd_run(
     ctx: &Ctx,
     name: &str,
     opts: &JailOpts,
     cmd: &[std::ffi::OsString],
 ) -> Result<ExitCode, CliError> {
+    let t0 = std::time::Instant::now();
     let mut jail = create_locked(ctx, name, opts, cmd, Console::Inherit).await?;
+    mark(t0, "created");
     let outcome = run_payload(&mut jail).await;
+    mark(t0, "payload ended");
     // Memory accounting survives the payload until the cgroup goes.
     let oom_kills = jail.stats().await.map(|s| s.cgroup.oom_kills).unwrap_or(0);
     let vendor = opts.vendor.clone();
     let removed = {
         let _lock = lock_state(ctx, true).await?;
+        mark(t0, "locked for delete");
         let r = jail.delete().await.map_err(jail_err);
+        mark(t0, "deleted");
         remove_overlay(ctx, name);
         let t = tidy(ctx, &[vendor]).await;
+        mark(t0, "tidied");
         r.and(t)
     };
     let rec = outcome?;

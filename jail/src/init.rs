@@ -120,7 +120,12 @@ fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
     let rec = supervise(&plan.process);
     let mut status = status;
     let _ = status.write_all(&serde_json::to_vec(&rec).unwrap_or_default());
-    let _ = status.sync_all();
+    // Durable unless on tmpfs (where a power cut takes it anyway).
+    let on_tmpfs = nix::sys::statfs::fstatfs(&status)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        let _ = status.sync_all();
+    }
     rec.code
 }
 

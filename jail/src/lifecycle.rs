@@ -10,8 +10,9 @@
 //! Create order: state directory and `state.json` with phase `creating`
 //! first (so a crash at any later point leaves a record that
 //! [`recover`] can clean up), then cgroup, address and bridge, then init is
-//! cloned; the parent writes id maps, attaches it to the cgroup and creates
-//! the veth into its network namespace before letting it go. The next
+//! cloned (born in the v2 cgroup; it writes itself into the v1 ones); the
+//! parent writes id maps and creates the veth into its network namespace
+//! before letting it go. The next
 //! durable write is phase `created` with pid, start time and address: a
 //! creator that dies before it leaves nothing that `recover` cannot find
 //! from the `creating` record (init dies with its cgroup).
@@ -45,9 +46,38 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Directory (inside the state dir) where init mounts the new root.
 pub const ROOT_DIR: &str = "root";
 
+/// Phase timings for profiling, as debug events of target `jail::timing`
+/// (`RUST_LOG=jail::timing=debug`): microseconds since `t0`.
+fn mark(t0: std::time::Instant, phase: &'static str) {
+    tracing::debug!(
+        target: "jail::timing",
+        phase,
+        us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    );
+}
+
+/// See [`set_inline_blocking`].
+static INLINE_BLOCKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs the library's blocking steps (file writes, clone, the short waits
+/// for init's report and the start FIFO) on the calling thread instead of
+/// tokio's blocking pool.
+///
+/// Only for a one-shot command whose runtime runs nothing else while it
+/// drives one jail (the `berth jail` command line): every step then saves
+/// two thread hand-offs, which on a loaded machine cost milliseconds each
+/// (a `run` takes about twenty steps). Never for a daemon: its other tasks
+/// would stall behind the steps. Off by default.
+pub fn set_inline_blocking(on: bool) {
+    INLINE_BLOCKING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
+    if INLINE_BLOCKING.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Join(e.to_string()))?
@@ -571,6 +601,7 @@ fn limits(spec: &JailSpec) -> cgroup::Limits {
 
 /// Everything of create after the state record exists.
 async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
+    let t0 = std::time::Instant::now();
     let spec = jail.state.spec.clone();
 
     // Cgroup with limits.
@@ -588,6 +619,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
         })
         .await?;
     }
+    mark(t0, "cgroup created");
 
     // Address and bridge.
     let mut bridge = None;
@@ -611,6 +643,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
         // Persisted with the pid below: cleanup releases the address by
         // owner, so a crash before then loses nothing (one fsync less).
         jail.state.address = Some(addr);
+        mark(t0, "address allocated");
         let c = netns::Net::connect().await.map_err(|source| Error::Net {
             what: "connect".into(),
             source: Box::new(source),
@@ -624,12 +657,14 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
             })?;
         bridge = Some(b);
         net = Some(c);
+        mark(t0, "bridge ensured");
     }
 
     // Files in the state directory and the init process.
     let dir = jail.dir.clone();
     let spec2 = spec.clone();
     let mut spawned = blocking(move || spawn_create(&dir, &spec2)).await?;
+    mark(t0, "init cloned");
     jail.pidfd = Some(spawned.pidfd.clone());
     jail.state.pid = Some(spawned.pid);
     jail.state.start_time = proc_start_time(spawned.pid);
@@ -639,20 +674,12 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     // pipe); after it, init is in the jail's cgroup, which cleanup
     // destroys, killing it (two fsyncs less per create).
 
-    // Id maps and cgroup, then the veth, then go.
-    {
-        let spec = spec.clone();
+    // Id maps, then the veth, then go. (Init joined its cgroup itself.)
+    if let Some((u, g)) = spec.user_ns.clone() {
         let pid = spawned.pid;
         blocking(move || {
-            if let Some((u, g)) = &spec.user_ns {
-                write_map(pid, "uid_map", u)?;
-                write_map(pid, "gid_map", g)?;
-            }
-            let cg = open_cgroup(&spec)?;
-            cg.attach(pid).map_err(|source| Error::Cgroup {
-                path: spec.cgroup_path.clone(),
-                source,
-            })
+            write_map(pid, "uid_map", &u)?;
+            write_map(pid, "gid_map", &g)
         })
         .await?;
     }
@@ -662,17 +689,53 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
         jail.state.address,
         jail.state.host_veth.clone(),
     ) {
+        clear_stale_veth(c, &host_if).await?;
         c.add_veth(b, &host_if, JAIL_IF, netns::NsRef::Pid(spawned.pid), addr)
             .await
             .map_err(|source| Error::Net {
                 what: format!("veth {host_if}"),
                 source: Box::new(source),
             })?;
+        mark(t0, "veth created");
     }
     let plan = spawned.plan.take().unwrap_or_default();
     blocking(move || spawned.go(&plan)).await?;
+    mark(t0, "init set up");
     jail.state.phase = Phase::Created;
-    save(jail).await
+    let r = save(jail).await;
+    mark(t0, "created");
+    r
+}
+
+/// How long a create waits for the kernel to remove a veth of the same
+/// name left by an earlier jail of that name, before deleting it.
+pub const STALE_VETH_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether link `name` exists on the host (one stat of sysfs, no netlink).
+pub fn host_link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// A jail re-created under the same name (same host veth name) right
+/// after the old one ended may find the old veth still there: the kernel
+/// removes it asynchronously with the old network namespace. Waits up to
+/// [`STALE_VETH_WAIT`] for it to go, then deletes it.
+async fn clear_stale_veth(c: &netns::Net, host_if: &str) -> Result<(), Error> {
+    if !host_link_exists(host_if) {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + STALE_VETH_WAIT;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if !host_link_exists(host_if) {
+            return Ok(());
+        }
+    }
+    tracing::warn!(link = host_if, "stale veth still there; deleting it");
+    c.delete_link(host_if).await.map_err(|source| Error::Net {
+        what: format!("delete stale {host_if}"),
+        source: Box::new(source),
+    })
 }
 
 fn owner(spec: &JailSpec) -> String {
@@ -749,10 +812,21 @@ impl Spawned {
     /// Releases init, sends the plan and waits for `ok` or an error.
     fn go(&mut self, plan: &[u8]) -> Result<(), Error> {
         let sync = self.sync_w.take();
+        let mut released = Ok(());
         if let Some(s) = &sync {
-            nix::unistd::write(s, b"g").map_err(Error::nix("release init"))?;
+            released = nix::unistd::write(s, b"g").map(|_| ());
         }
         drop(sync);
+        if let Err(e) = released {
+            // The child died before the go byte: its report says why.
+            return match self.report_r.take() {
+                Some(r) => {
+                    parse_report(&read_report(r, SETUP_TIMEOUT)?)?;
+                    Err(Error::nix("release init")(e))
+                }
+                None => Err(Error::nix("release init")(e)),
+            };
+        }
         if let Some(p) = self.plan_w.take() {
             let mut f = fs::File::from(p);
             // A failed write means init died; its report says why.
@@ -789,17 +863,23 @@ fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
             return Ok(out);
         }
         out.extend_from_slice(&buf[..n]);
-        if out.ends_with(b"ok\n") || out.starts_with(b"X") && out.len() >= 5 {
+        let tagged = out.starts_with(b"X") || out.first() == Some(&sys::JOIN_FAILED);
+        if out.ends_with(b"ok\n") || tagged && out.len() >= 5 {
             return Ok(out);
         }
     }
 }
 
 fn parse_report(r: &[u8]) -> Result<(), Error> {
-    if r.first() == Some(&b'X') && r.len() >= 5 {
+    if matches!(r.first(), Some(&b'X') | Some(&sys::JOIN_FAILED)) && r.len() >= 5 {
         let errno = i32::from_ne_bytes([r[1], r[2], r[3], r[4]]);
+        let what = if r[0] == b'X' {
+            "exec berth-init"
+        } else {
+            "join the jail's cgroup"
+        };
         return Err(Error::Setup(format!(
-            "exec berth-init: {}",
+            "{what}: {}",
             std::io::Error::from_raw_os_error(errno)
         )));
     }
@@ -821,8 +901,58 @@ struct ChildFds {
     extra: OwnedFd,
 }
 
-/// Clones berth-init with `ns_flags`, fds 0-2 and 5 from `fds`.
-fn spawn_init(init: &Path, ns_flags: u64, fds: ChildFds) -> Result<Spawned, Error> {
+/// How a new child joins its jail's cgroup without being moved into it
+/// from outside (see [`sys::ChildExec::join_tasks`]): it writes itself to
+/// the v1 hierarchies' `tasks` files and is born in the v2 directory.
+struct CgroupJoin {
+    /// `tasks` files of the v1 hierarchies, open for writing.
+    tasks: Vec<OwnedFd>,
+    /// The cgroup v2 directory: an fd for `CLONE_INTO_CGROUP`, and its path
+    /// for the fallback of moving the child from here.
+    v2: Option<(OwnedFd, PathBuf)>,
+}
+
+/// Opens what a child needs to join the cgroup of `spec`.
+fn cgroup_join(spec: &JailSpec) -> Result<CgroupJoin, Error> {
+    let h = hierarchy(spec)?;
+    let cg = cgroup::Cgroup::open(&h, &spec.cgroup_path).map_err(|source| Error::Cgroup {
+        path: spec.cgroup_path.clone(),
+        source,
+    })?;
+    let unified = h.unified_mount().map(Path::to_path_buf);
+    let mut join = CgroupJoin {
+        tasks: Vec::new(),
+        v2: None,
+    };
+    for d in cg.dirs() {
+        if unified.as_deref().is_some_and(|u| d.starts_with(u)) {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&d)
+                .map_err(Error::io(format!("open {}", d.display())))?;
+            join.v2 = Some((high(&f)?, d));
+        } else {
+            let p = d.join("tasks");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&p)
+                .map_err(Error::io(format!("open {}", p.display())))?;
+            join.tasks.push(high(&f)?);
+        }
+    }
+    Ok(join)
+}
+
+/// Clones berth-init with `ns_flags`, fds 0-2 and 5 from `fds`, into the
+/// cgroup `join` opens.
+fn spawn_init(
+    init: &Path,
+    ns_flags: u64,
+    fds: ChildFds,
+    join: &CgroupJoin,
+) -> Result<Spawned, Error> {
     let exe = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -846,6 +976,7 @@ fn spawn_init(init: &Path, ns_flags: u64, fds: ChildFds) -> Result<Spawned, Erro
         (extra.as_raw_fd(), crate::plan::FD_EXTRA),
     ];
     let close_first = [plan_w.as_raw_fd(), report_r.as_raw_fd(), sync_w.as_raw_fd()];
+    let join_tasks: Vec<RawFd> = join.tasks.iter().map(AsRawFd::as_raw_fd).collect();
     let arg0 = c"berth-init";
     let argv: [*const libc::c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -858,9 +989,20 @@ fn spawn_init(init: &Path, ns_flags: u64, fds: ChildFds) -> Result<Spawned, Erro
         fds: &map,
         err_fd: report_w.as_raw_fd(),
         become_root: ns_flags & libc::CLONE_NEWUSER as u64 != 0,
+        join_tasks: &join_tasks,
     };
-    let child =
-        sys::clone_exec(ns_flags, &exec).map_err(Error::io(format!("clone {}", init.display())))?;
+    let into = join.v2.as_ref().map(|(fd, _)| fd.as_fd());
+    let child = sys::clone_exec(ns_flags, into, &exec)
+        .map_err(Error::io(format!("clone {}", init.display())))?;
+    if let (Some((_, dir)), false) = (&join.v2, child.in_cgroup) {
+        // A kernel without CLONE_INTO_CGROUP: move it from here.
+        let procs = dir.join("cgroup.procs");
+        if let Err(e) = fs::write(&procs, child.pid.to_string()) {
+            let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::waitid_pidfd(child.pidfd.as_fd(), false);
+            return Err(Error::io(format!("write {}", procs.display()))(e));
+        }
+    }
     Ok(Spawned {
         pid: child.pid,
         pidfd: Arc::new(child.pidfd),
@@ -1003,6 +1145,7 @@ fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
             process: process_plan(spec)?,
         })),
     };
+    let join = cgroup_join(spec)?;
     let mut s = spawn_init(
         &init,
         ns_flags(spec.user_ns.is_some()),
@@ -1010,6 +1153,7 @@ fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
             stdio,
             extra: status.into(),
         },
+        &join,
     )?;
     s.plan = Some(plan.encode());
     Ok(s)
@@ -1048,6 +1192,7 @@ fn exec_blocking(
             process,
         }),
     };
+    let join = cgroup_join(spec)?;
     let mut s = spawn_init(
         &init,
         0,
@@ -1055,21 +1200,12 @@ fn exec_blocking(
             stdio,
             extra: pidfd,
         },
+        &join,
     )?;
     let kill = |s: &Spawned| {
         let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
         let _ = sys::waitid_pidfd(s.pidfd.as_fd(), false);
     };
-    let attach = open_cgroup(spec).and_then(|cg| {
-        cg.attach(s.pid).map_err(|source| Error::Cgroup {
-            path: spec.cgroup_path.clone(),
-            source,
-        })
-    });
-    if let Err(e) = attach {
-        kill(&s);
-        return Err(e);
-    }
     if let Err(e) = s.go(&plan.encode()) {
         kill(&s);
         return Err(e);
@@ -1155,6 +1291,7 @@ fn open_verified(state: &JailState) -> Option<OwnedFd> {
 /// Removes every object a jail may own. Idempotent: missing objects are
 /// fine. Returns the failures (empty when all is gone).
 async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
+    let t0 = std::time::Instant::now();
     let mut errs = Vec::new();
     let spec = state.spec.clone();
     // Cgroup (kills whatever still runs in it).
@@ -1181,33 +1318,19 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
     if let Err(e) = r {
         errs.push(e);
     }
-    // Veth (normally gone with the network namespace) and address.
+    mark(t0, "cgroup destroyed");
+    // The veth is not deleted here: it lives in the jail's network
+    // namespace, which the kernel tears down (deleting both ends) once the
+    // last process in it is gone, i.e. after the cgroup destroy above.
+    // That teardown is asynchronous and slow (tens of ms: it waits for RCU
+    // grace periods); deleting the host end ourselves would wait for it.
+    // So the address is parked until the host end is gone, and a create
+    // that finds a stale end of the same name waits for it (see
+    // `clear_stale_veth`).
     if let Some(n) = &spec.network {
-        if let Some(host_if) = &state.host_veth {
-            match netns::Net::connect().await {
-                Ok(c) => match c.link_exists(host_if).await {
-                    Ok(true) => {
-                        if let Err(source) = c.delete_link(host_if).await {
-                            errs.push(Error::Net {
-                                what: format!("delete {host_if}"),
-                                source: Box::new(source),
-                            });
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(source) => errs.push(Error::Net {
-                        what: format!("look up {host_if}"),
-                        source: Box::new(source),
-                    }),
-                },
-                Err(source) => errs.push(Error::Net {
-                    what: "connect".into(),
-                    source: Box::new(source),
-                }),
-            }
-        }
         let n = n.clone();
         let owner = owner(&spec);
+        let host_if = state.host_veth.clone();
         let r = blocking(move || {
             let mut a =
                 netns::Allocator::open(&n.allocator_dir, &n.bridge, n.gateway, n.prefix_len)
@@ -1215,7 +1338,11 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
                         what: format!("allocator {}", n.allocator_dir.display()),
                         source: Box::new(source),
                     })?;
-            a.release(&owner).map_err(|source| Error::Net {
+            match &host_if {
+                Some(link) => a.release_after_link(&owner, link),
+                None => a.release(&owner),
+            }
+            .map_err(|source| Error::Net {
                 what: format!("release address on {}", n.bridge),
                 source: Box::new(source),
             })
@@ -1224,6 +1351,7 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
         if let Err(e) = r {
             errs.push(e);
         }
+        mark(t0, "address released");
     }
     // Overlay work files (the kernel's `work/work`, mode 000) and the
     // state directory. Mounts live only in the jail's mount namespace and
@@ -1254,6 +1382,7 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
     if let Err(e) = r {
         errs.push(e);
     }
+    mark(t0, "state removed");
     errs
 }
 

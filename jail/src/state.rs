@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `state.json` is written temp file → fsync → rename → fsync directory, so
-//! a power cut leaves either the old or the new record (rename(2)). The
+//! a power cut leaves either the old or the new record (rename(2)); on
+//! tmpfs, which a power cut empties anyway, without the fsyncs. The
 //! record is versioned; readers accept every version up to
 //! [`STATE_VERSION`].
 
@@ -117,9 +118,21 @@ pub fn jail_dir(state_root: &Path, name: &str) -> PathBuf {
     state_root.join(name)
 }
 
-/// Writes `bytes` to `path` atomically and durably.
+/// Whether `dir` is on tmpfs, whose contents do not survive a power cut
+/// whatever we do: there fsync buys nothing (the default state dir,
+/// `/run/berth`, is tmpfs on systemd systems, file-hierarchy(7)).
+pub fn on_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Writes `bytes` to `path` atomically (temp file and rename(2)) and, on
+/// a filesystem that outlives a power cut, durably (fsync of the file and
+/// the directory). On tmpfs the fsyncs are skipped (see [`on_tmpfs`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let durable = !on_tmpfs(dir);
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name()
@@ -129,12 +142,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     {
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        if durable {
+            f.sync_all().map_err(io(&tmp))?;
+        }
     }
     fs::rename(&tmp, path).map_err(io(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    if durable {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
     Ok(())
 }
 

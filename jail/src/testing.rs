@@ -117,6 +117,24 @@ pub fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
+/// How long a test waits for the kernel to remove an ended jail's veth.
+pub const VETH_GONE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Polls until link `name` is gone; false if it is still there at the
+/// deadline.
+pub fn wait_link_gone(name: &str, deadline: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if !link_exists(name) {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Lines of /proc/self/mountinfo that mention `needle`.
 pub fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -134,8 +152,13 @@ pub fn assert_no_leaks(spec: &JailSpec) {
         assert!(!d.exists(), "cgroup leaked: {}", d.display());
     }
     if spec.network.is_some() {
+        // The kernel removes the veth with the jail's network namespace,
+        // asynchronously after the jail's last process is gone.
         let v = host_veth(&spec.vendor, &spec.name);
-        assert!(!link_exists(&v), "veth leaked: {v}");
+        assert!(
+            wait_link_gone(&v, VETH_GONE_DEADLINE),
+            "veth leaked: {v} still there after {VETH_GONE_DEADLINE:?}"
+        );
     }
     let dir = spec.state_root.join(spec.name.as_str());
     let m = mounts_mentioning(&dir.to_string_lossy());

@@ -996,3 +996,85 @@ fn creator_killed_after_init_joined_its_cgroup_is_recovered() {
     }
     panic!("create always finished before the creator could be stopped");
 }
+
+/// Hierarchy → cgroup path of `pid`, from /proc/PID/cgroup.
+fn cgroups_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.splitn(3, ':').nth(2).unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn same_name_again_at_once_and_addresses_wait_for_the_old_veth() {
+    let mut env = Env::new();
+    let pid = std::process::id();
+    let bridge = format!("bt{}q", pid % 1_000_000);
+    env.bridges.push(bridge.clone());
+    let net = jail::NetOptions {
+        bridge: bridge.clone(),
+        gateway: free_gateway(227),
+        // A /29: five addresses for jails, so every round's allocator
+        // file is small to check.
+        prefix_len: 29,
+        allocator_dir: env.tmp.path().join("alloc"),
+    };
+    let name = unique("again");
+    let spec = {
+        let mut o = testing::options(&name, "acme", &env.state_root(), &env.cgroup_parent);
+        o.network = Some(net.clone());
+        JailSpec::from_oci(&oci_spec(&env.rootfs(), "sleep 1000"), &o).unwrap()
+    };
+    let veth = jail::name::host_veth(&spec.vendor, &spec.name);
+    let s = spec.clone();
+    rt().block_on(async move {
+        for round in 0..3 {
+            // The same name (same veth name) right after the last one
+            // ended: create waits for the kernel to drop the old veth.
+            let mut j = Jail::create(s.clone()).await.unwrap();
+            j.start().await.unwrap();
+            let init = j.pid().unwrap();
+            // Init joined the jail's cgroup itself, in every hierarchy
+            // where the jail has one (unmanaged ones, e.g. name=systemd,
+            // stay at the root).
+            let want = format!("/{}", s.cgroup_path.display());
+            let cgs = cgroups_of(init);
+            let managed = testing::cgroup_dirs(&s.cgroup_path)
+                .iter()
+                .filter(|d| d.is_dir())
+                .count();
+            assert!(managed > 0);
+            assert_eq!(
+                cgs.iter().filter(|c| **c == want).count(),
+                managed,
+                "round {round}: init in {cgs:?}"
+            );
+            let ip = exec(&j, "ip -4 addr show eth0").await;
+            assert!(
+                text(&ip.stdout).contains(&j.address().unwrap().to_string()),
+                "round {round}: {}",
+                text(&ip.stdout)
+            );
+            j.delete().await.unwrap();
+            // Delete does not wait for the veth; the address stays parked
+            // while the veth exists, so the allocator hands it to nobody.
+            let mut a =
+                netns::Allocator::open(&net.allocator_dir, &net.bridge, net.gateway, 29).unwrap();
+            if testing::link_exists(&veth) {
+                let parked: Vec<_> = a.quarantined().map(|(_, l)| l.to_string()).collect();
+                assert_eq!(parked, vec![veth.clone()], "round {round}");
+                let parked_addr = a.quarantined().next().map(|(ad, _)| ad);
+                let got = a.allocate("someone/else").unwrap();
+                // Handed out again only if its veth vanished meanwhile.
+                assert!(
+                    Some(got) != parked_addr || !testing::link_exists(&veth),
+                    "round {round}: {got} handed out while {veth} exists"
+                );
+                a.release("someone/else").unwrap();
+            }
+        }
+    });
+    assert_no_leaks(&spec);
+}

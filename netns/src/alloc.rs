@@ -11,10 +11,20 @@
 //!
 //! Every change is written to a temp file, fsynced, renamed over the old
 //! file and the directory fsynced, so a power cut leaves either the old or
-//! the new file. The cursor (last address handed out) only moves forward,
+//! the new file (on tmpfs, which a power cut empties, without the fsyncs). The cursor (last address handed out) only moves forward,
 //! wrapping around, so a just-released address is not handed out again at
 //! once (stale ARP caches and connections die first). A file that does not
 //! parse is an error naming it; it is never reset silently.
+//!
+//! Quarantine: [`Allocator::release_after_link`] does not free an address
+//! at once but parks it as `quarantine ADDR LINK` until link `LINK` (the
+//! host end of the old owner's veth) is gone from the host. A veth whose
+//! jail ended is removed by the kernel asynchronously, when it tears the
+//! jail's network namespace down (a few ms to tens of ms later); until
+//! then the old namespace still answers ARP for the address on the bridge,
+//! so handing the address out again would give it to two endpoints. A file
+//! with quarantine lines is written as version 2; version 1 files (no
+//! quarantine) stay readable and are still written when nothing is parked.
 //!
 //! One process owns a bridge's file at a time (the agent); nothing locks it.
 
@@ -29,6 +39,9 @@ use crate::name::validate_ifname;
 use crate::Error;
 
 const MAGIC: &str = "berth-addrs 1";
+const MAGIC_V2: &str = "berth-addrs 2";
+/// Where the host's links show (sysfs-rules: one entry per interface).
+const SYS_CLASS_NET: &str = "/sys/class/net";
 const OWNER_MAX: usize = 255;
 
 /// Hands out the host addresses of one bridge's subnet to owners.
@@ -41,6 +54,10 @@ pub struct Allocator {
     /// Last address handed out; the search starts after it.
     cursor: u32,
     leases: BTreeMap<String, Ipv4Addr>,
+    /// Released addresses waiting for their old link to go: address → link.
+    quarantine: BTreeMap<Ipv4Addr, String>,
+    /// Directory whose entries are the live links ([`SYS_CLASS_NET`]).
+    links_dir: PathBuf,
 }
 
 impl Allocator {
@@ -62,6 +79,8 @@ impl Allocator {
             prefix_len,
             cursor: u32::from(gateway),
             leases: BTreeMap::new(),
+            quarantine: BTreeMap::new(),
+            links_dir: PathBuf::from(SYS_CLASS_NET),
         };
         match fs::read_to_string(&a.path) {
             Ok(text) => a.parse(&text)?,
@@ -83,8 +102,16 @@ impl Allocator {
         let first = network + 1;
         let last = (network | !mask) - 1;
         let size = last - first + 1;
-        let taken: std::collections::BTreeSet<u32> =
-            self.leases.values().map(|a| u32::from(*a)).collect();
+        // Parked addresses whose link is gone are free again.
+        let before = self.quarantine.clone();
+        self.quarantine
+            .retain(|_, link| self.links_dir.join(link.as_str()).exists());
+        let taken: std::collections::BTreeSet<u32> = self
+            .leases
+            .values()
+            .chain(self.quarantine.keys())
+            .map(|a| u32::from(*a))
+            .collect();
         let start = if (first..=last).contains(&self.cursor) {
             self.cursor
         } else {
@@ -104,6 +131,7 @@ impl Allocator {
             }
         }
         let Some(addr) = found else {
+            self.quarantine = before;
             return Err(Error::AllocExhausted {
                 bridge: self.bridge.clone(),
                 network: Ipv4Addr::from(network),
@@ -118,6 +146,7 @@ impl Allocator {
         if let Err(e) = self.persist() {
             self.leases.remove(owner);
             self.cursor = old_cursor;
+            self.quarantine = before;
             return Err(e);
         }
         tracing::debug!(bridge = self.bridge, owner, %addr, "allocated address");
@@ -135,6 +164,47 @@ impl Allocator {
         }
         tracing::debug!(bridge = self.bridge, owner, %addr, "released address");
         Ok(())
+    }
+
+    /// Releases `owner`'s address into quarantine: it is handed out again
+    /// only once link `link` no longer exists on the host (see the module
+    /// docs). `Ok` if `owner` holds none.
+    pub fn release_after_link(&mut self, owner: &str, link: &str) -> Result<(), Error> {
+        validate_ifname(link)?;
+        let Some(addr) = self.leases.remove(owner) else {
+            return Ok(());
+        };
+        if !self.links_dir.join(link).exists() {
+            // Already gone: nothing to wait for.
+            return match self.persist() {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.leases.insert(owner.to_string(), addr);
+                    Err(e)
+                }
+            };
+        }
+        self.quarantine.insert(addr, link.to_string());
+        if let Err(e) = self.persist() {
+            self.quarantine.remove(&addr);
+            self.leases.insert(owner.to_string(), addr);
+            return Err(e);
+        }
+        tracing::debug!(bridge = self.bridge, owner, %addr, link, "address parked until its link is gone");
+        Ok(())
+    }
+
+    /// The parked addresses and the links they wait for.
+    pub fn quarantined(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
+        self.quarantine.iter().map(|(a, l)| (*a, l.as_str()))
+    }
+
+    /// Tests: judge link presence by the entries of `dir` instead of
+    /// `/sys/class/net`.
+    #[doc(hidden)]
+    pub fn with_links_dir(mut self, dir: &Path) -> Allocator {
+        self.links_dir = dir.to_path_buf();
+        self
     }
 
     /// `owner`'s address, if it holds one.
@@ -188,13 +258,21 @@ impl Allocator {
     }
 
     fn render(&self) -> String {
+        let magic = if self.quarantine.is_empty() {
+            MAGIC
+        } else {
+            MAGIC_V2
+        };
         let mut s = format!(
-            "{MAGIC}\n{}\ncursor {}\n",
+            "{magic}\n{}\ncursor {}\n",
             self.subnet_line(),
             Ipv4Addr::from(self.cursor)
         );
         for (owner, addr) in &self.leases {
             s.push_str(&format!("lease {addr} {owner}\n"));
+        }
+        for (addr, link) in &self.quarantine {
+            s.push_str(&format!("quarantine {addr} {link}\n"));
         }
         s
     }
@@ -207,7 +285,7 @@ impl Allocator {
         };
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
         match lines.next() {
-            Some((_, l)) if l == MAGIC => {}
+            Some((_, l)) if l == MAGIC || l == MAGIC_V2 => {}
             Some((n, l)) => return Err(corrupt(n, format!("expected {MAGIC:?}, found {l:?}"))),
             None => return Err(corrupt(1, "empty file".into())),
         }
@@ -248,9 +326,33 @@ impl Allocator {
             None => return Err(corrupt(3, "missing cursor line".into())),
         };
         let mut leases = BTreeMap::new();
+        let mut quarantine = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
         for (n, l) in lines {
             let mut parts = l.splitn(3, ' ');
+            if let (Some("quarantine"), Some(a), Some(link)) = (
+                parts.clone().next(),
+                parts.clone().nth(1),
+                parts.clone().nth(2),
+            ) {
+                let a: Ipv4Addr = a
+                    .parse()
+                    .map_err(|_| corrupt(n, format!("bad quarantine address {a:?}")))?;
+                if !in_subnet(a) {
+                    return Err(corrupt(
+                        n,
+                        format!("quarantined {a} is not a host address of the subnet"),
+                    ));
+                }
+                if validate_ifname(link).is_err() {
+                    return Err(corrupt(n, format!("bad link name {link:?}")));
+                }
+                if !seen.insert(a) {
+                    return Err(corrupt(n, format!("address {a} is listed twice")));
+                }
+                quarantine.insert(a, link.to_string());
+                continue;
+            }
             let (Some("lease"), Some(a), Some(owner)) = (parts.next(), parts.next(), parts.next())
             else {
                 return Err(corrupt(
@@ -279,6 +381,7 @@ impl Allocator {
         }
         self.cursor = cursor;
         self.leases = leases;
+        self.quarantine = quarantine;
         Ok(())
     }
 
@@ -287,6 +390,9 @@ impl Allocator {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|e| self.io("creating the directory", e))?;
         let tmp = self.path.with_extension("addrs.tmp");
+        // tmpfs does not outlive a power cut whatever we do: no fsync there.
+        let durable = !nix::sys::statfs::statfs(dir)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -294,10 +400,16 @@ impl Allocator {
                 .truncate(true)
                 .open(&tmp)?;
             f.write_all(self.render().as_bytes())?;
-            f.sync_all()
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| self.io("writing the temp file", e))?;
         fs::rename(&tmp, &self.path).map_err(|e| self.io("renaming the temp file over", e))?;
+        if !durable {
+            return Ok(());
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| self.io("syncing the directory of", e))
@@ -503,5 +615,78 @@ mod tests {
         let err = a.allocate("a").unwrap_err();
         assert!(matches!(err, Error::AllocIo { .. }), "{err}");
         assert_eq!(a.lookup("a"), None);
+    }
+
+    #[test]
+    fn quarantined_address_waits_for_its_link_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        // A /30 has two host addresses: the gateway and one more.
+        let reopen = || {
+            Allocator::open(dir.path(), "br-q", Ipv4Addr::new(10, 88, 0, 1), 30)
+                .unwrap()
+                .with_links_dir(links.path())
+        };
+        let mut a = reopen();
+        let only = a.allocate("a").unwrap();
+        assert_eq!(only, Ipv4Addr::new(10, 88, 0, 2));
+        // The old veth still exists: the address is parked, not free.
+        fs::write(links.path().join("bj-old"), b"").unwrap();
+        a.release_after_link("a", "bj-old").unwrap();
+        assert_eq!(a.lookup("a"), None);
+        assert_eq!(a.quarantined().collect::<Vec<_>>(), vec![(only, "bj-old")]);
+        let text = fs::read_to_string(a.path()).unwrap();
+        assert!(text.starts_with("berth-addrs 2\n"), "{text}");
+        assert!(text.contains("quarantine 10.88.0.2 bj-old\n"), "{text}");
+        // A restart keeps it parked, and never hands it to anyone else.
+        let mut a = reopen();
+        assert!(matches!(a.allocate("b"), Err(Error::AllocExhausted { .. })));
+        assert_eq!(
+            a.quarantined().count(),
+            1,
+            "a failed allocate changes nothing"
+        );
+        // Once the link is gone the address is free again.
+        fs::remove_file(links.path().join("bj-old")).unwrap();
+        assert_eq!(a.allocate("b").unwrap(), only);
+        assert_eq!(a.quarantined().count(), 0);
+        let text = fs::read_to_string(a.path()).unwrap();
+        assert!(text.starts_with("berth-addrs 1\n"), "{text}");
+        assert_eq!(reopen().lookup("b"), Some(only));
+    }
+
+    #[test]
+    fn release_after_a_link_already_gone_frees_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        let mut a = open(dir.path()).with_links_dir(links.path());
+        a.allocate("a").unwrap();
+        a.release_after_link("a", "bj-gone").unwrap();
+        assert_eq!(a.quarantined().count(), 0);
+        assert_eq!(a.lookup("a"), None);
+        assert!(matches!(
+            a.release_after_link("a", "bad name!"),
+            Err(Error::InvalidName { .. })
+        ));
+        assert_eq!(fs::read_to_string(a.path()).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn corrupt_quarantine_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "berth-addrs 2\nsubnet 10.88.0.0/24 gateway 10.88.0.1\ncursor 10.88.0.2\n";
+        for (bad, why) in [
+            ("quarantine 10.88.1.2 bj-x\n", "not a host address"),
+            ("quarantine x bj-x\n", "bad quarantine address"),
+            ("quarantine 10.88.0.2 a/b\n", "bad link name"),
+            (
+                "lease 10.88.0.2 j\nquarantine 10.88.0.2 bj-x\n",
+                "listed twice",
+            ),
+        ] {
+            fs::write(dir.path().join("br-test.addrs"), format!("{base}{bad}")).unwrap();
+            let err = Allocator::open(dir.path(), "br-test", GW, 24).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use futures_util::{pin_mut, TryStreamExt};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use nix::errno::Errno;
 use rtnetlink::{
@@ -43,6 +43,12 @@ pub struct Bridge {
     pub name: String,
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
+    /// Interface index seen by `ensure_bridge` (0: look it up by name).
+    /// Reused by [`Net::add_veth`] without a second lookup: the kernel
+    /// hands out interface indexes cyclically (`dev_index_reserve`), so a
+    /// bridge deleted meanwhile makes the request fail with ENODEV rather
+    /// than attach the veth to another link.
+    pub(crate) index: u32,
 }
 
 impl Bridge {
@@ -235,8 +241,13 @@ impl Net {
         let existing = link_by_name(h, name)
             .await
             .map_err(nl("looking up bridge", name))?;
+        // Already up (the common case: the vendor has jails): no SETLINK.
+        let mut up = false;
         let index = match existing {
-            Some(msg) if is_bridge(&msg) => msg.header.index,
+            Some(msg) if is_bridge(&msg) => {
+                up = msg.header.flags.contains(LinkFlags::Up);
+                msg.header.index
+            }
             Some(_) => return Err(Error::NotABridge(name.to_string())),
             None => {
                 match h.link().add(LinkBridge::new(name).build()).execute().await {
@@ -266,13 +277,16 @@ impl Net {
                 "assigning the gateway address to bridge",
                 format!("{name} ({gateway}/{prefix_len})"),
             ))?;
-        set_up(h, index)
-            .await
-            .map_err(nl("setting up bridge", name))?;
+        if !up {
+            set_up(h, index)
+                .await
+                .map_err(nl("setting up bridge", name))?;
+        }
         Ok(Bridge {
             name: name.to_string(),
             gateway,
             prefix_len,
+            index,
         })
     }
 
@@ -298,9 +312,16 @@ impl Net {
     /// Creates the veth pair `host_if` (host, attached to `bridge`, up) and
     /// `jail_if` (created directly inside `ns` in the same request), then
     /// inside `ns`: loopback up, `addr/prefix` on `jail_if`, `jail_if` up,
-    /// default route via the bridge's gateway. On failure the pair is
-    /// deleted again. Not cancel-safe: a future dropped after the pair was
-    /// created leaves it; `delete_link(host_if)` removes it.
+    /// default route via the bridge's gateway. On failure the pair is deleted
+    /// again. Not cancel-safe: a future dropped after the pair was created
+    /// leaves it; `delete_link(host_if)` removes it.
+    ///
+    /// Round trips: one RTM_NEWLINK on the host (plus a lookup of the
+    /// bridge when `bridge` did not come from [`Net::ensure_bridge`]); in
+    /// `ns`, the lookup of `jail_if` runs beside loopback's RTM_SETLINK,
+    /// then the address, link-up and route requests go out together (the
+    /// kernel handles one socket's requests in order, so the route finds
+    /// the address on a link that is up).
     pub async fn add_veth(
         &self,
         bridge: &Bridge,
@@ -321,18 +342,24 @@ impl Net {
             });
         }
         let h = &self.handle;
-        let bridge_index = match link_by_name(h, &bridge.name)
-            .await
-            .map_err(nl("looking up bridge", bridge.name.as_str()))?
-        {
-            Some(msg) if is_bridge(&msg) => msg.header.index,
-            Some(_) => return Err(Error::NotABridge(bridge.name.clone())),
-            None => return Err(Error::NoSuchBridge(bridge.name.clone())),
+        let bridge_index = if bridge.index != 0 {
+            bridge.index
+        } else {
+            match link_by_name(h, &bridge.name)
+                .await
+                .map_err(nl("looking up bridge", bridge.name.as_str()))?
+            {
+                Some(msg) if is_bridge(&msg) => msg.header.index,
+                Some(_) => return Err(Error::NotABridge(bridge.name.clone())),
+                None => return Err(Error::NoSuchBridge(bridge.name.clone())),
+            }
         };
         // Resolve the namespace once, before creating anything: a bad pid or
         // fd is reported as such, and the peer and the configuring socket
         // are sure to land in the same namespace.
         let ns_fd = crate::ns::open_ns(&ns)?;
+        // Not up here: a veth end cannot open before its peer is
+        // registered (ENOTCONN, veth_open); configure_inside sets it up.
         let peer = LinkUnspec::new_with_name(jail_if).setns_by_fd(ns_fd.as_raw_fd());
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_if)
@@ -439,41 +466,61 @@ async fn configure_inside(
     let task = tokio::spawn(connection);
     let result = async {
         let subject = |what: &str| format!("{what} in {where_}");
-        let lo = link_by_name(&handle, "lo")
-            .await
-            .map_err(nl("looking up", subject("lo")))?
-            .ok_or_else(|| Error::NoSuchLink {
-                link: "lo".into(),
-                namespace: where_.clone(),
-            })?;
-        set_up(&handle, lo.header.index)
-            .await
-            .map_err(nl("setting up", subject("lo")))?;
-        let jail = link_by_name(&handle, jail_if)
-            .await
-            .map_err(nl("looking up", subject(jail_if)))?
-            .ok_or_else(|| Error::NoSuchLink {
-                link: jail_if.to_string(),
-                namespace: where_.clone(),
-            })?;
+        // Loopback up (by name: in a new namespace it is the only other
+        // link) beside the lookup of the jail's end.
+        let lo_up = async {
+            handle
+                .link()
+                .set(LinkUnspec::new_with_name("lo").up().build())
+                .execute()
+                .await
+                .map_err(nl("setting up", subject("lo")))
+        };
+        let lookup = async {
+            link_by_name(&handle, jail_if)
+                .await
+                .map_err(nl("looking up", subject(jail_if)))?
+                .ok_or_else(|| Error::NoSuchLink {
+                    link: jail_if.to_string(),
+                    namespace: where_.clone(),
+                })
+        };
+        let ((), jail) = futures_util::future::try_join(lo_up, lookup).await?;
         let index = jail.header.index;
-        ensure_addr(&handle, index, addr, bridge.prefix_len)
-            .await
+        // Address, link up, then the route through it: one socket, sent
+        // in this order, handled by the kernel in this order. A fresh
+        // namespace holds no address yet; EEXIST (a retry) is fine.
+        let add_addr = async {
+            match handle
+                .address()
+                .add(index, IpAddr::V4(addr), bridge.prefix_len)
+                .execute()
+                .await
+            {
+                Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+                r => r,
+            }
             .map_err(nl(
                 "assigning address",
                 subject(&format!("{addr}/{} to {jail_if}", bridge.prefix_len)),
-            ))?;
-        set_up(&handle, index)
-            .await
-            .map_err(nl("setting up", subject(jail_if)))?;
+            ))
+        };
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(bridge.gateway)
             .output_interface(index)
             .build();
-        handle.route().add(route).execute().await.map_err(nl(
-            "adding default route",
-            subject(&format!("via {} on {jail_if}", bridge.gateway)),
-        ))?;
+        let add_route = async {
+            handle.route().add(route).execute().await.map_err(nl(
+                "adding default route",
+                subject(&format!("via {} on {jail_if}", bridge.gateway)),
+            ))
+        };
+        let link_up = async {
+            set_up(&handle, index)
+                .await
+                .map_err(nl("setting up", subject(jail_if)))
+        };
+        futures_util::future::try_join3(add_addr, link_up, add_route).await?;
         Ok(())
     }
     .await;
@@ -490,6 +537,7 @@ mod tests {
             name: "b".into(),
             gateway: Ipv4Addr::from(gw),
             prefix_len: p,
+            index: 0,
         }
     }
 

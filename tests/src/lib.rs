@@ -281,12 +281,21 @@ impl TestEnv {
         for cg in host::cgroups_below(&self.cgroup_parent) {
             problems.push(format!("cgroup {}", cg.display()));
         }
-        for link in host::link_names() {
-            for v in vendors {
-                if link == host::bridge_name(v) || link.contains(v) {
-                    problems.push(format!("link {link}"));
-                }
-            }
+        // A jail's veth goes with its network namespace, which the kernel
+        // tears down asynchronously after the jail's last process: poll.
+        let ours = |link: &String| {
+            vendors
+                .iter()
+                .any(|v| *link == host::bridge_name(v) || link.contains(v))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut links: Vec<String> = host::link_names().into_iter().filter(ours).collect();
+        while !links.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            links = host::link_names().into_iter().filter(ours).collect();
+        }
+        for link in links {
+            problems.push(format!("link {link}"));
         }
         if let Ok(rd) = std::fs::read_dir(&self.state_dir) {
             for e in rd.flatten() {

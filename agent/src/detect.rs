@@ -8,6 +8,15 @@
 //! only narrows that, and is what lets Berth open a USB serial port by
 //! itself. Output is a table for people, or JSON lines with `--json`. A
 //! source that cannot start prints one line on stderr; the others go on.
+//!
+//! `--mqtt` takes `HOST:PORT`, `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`
+//! (TLS with `--mqtt-ca`, optionally `--mqtt-cert`/`--mqtt-key`, and
+//! `--mqtt-user` with `--mqtt-password-file`). `--ignore-file FILE` is the
+//! technician's list of device ids not to show (one a line); `--ignore ID`
+//! and `--unignore ID` edit that list (saved atomically) before detection
+//! starts, so `berth detect --ignore-file F --ignore acme:SN-1 --for 0`
+//! only edits it. Announces are checked for replays (an older counter of a
+//! device already seen in this run is dropped and counted as `replay`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,9 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use device_probes::announce::KeyRing;
 use device_probes::event::{Device, DeviceEvent, Drops, Identity};
 use device_probes::merger::{self, Emitter, Merger};
-use device_probes::rules::Rules;
+use device_probes::replay::ReplayGuard;
+use device_probes::rules::{IgnoreList, Rules};
 use device_probes::{ble, mqtt, serial};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -36,8 +47,24 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DIR", default_value = "/dev")]
     pub dev: PathBuf,
     /// Watch this MQTT broker for announces, Home Assistant and Zigbee2MQTT
-    #[arg(long, value_name = "HOST:PORT")]
+    /// (HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] for TLS)
+    #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
+    /// CA certificates (PEM) the mqtts:// broker's certificate must chain to
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for an mqtts:// broker that asks for one
+    #[arg(long, value_name = "FILE", requires = "mqtt_key")]
+    pub mqtt_cert: Option<PathBuf>,
+    /// Private key (PEM) of --mqtt-cert
+    #[arg(long, value_name = "FILE", requires = "mqtt_cert")]
+    pub mqtt_key: Option<PathBuf>,
+    /// Username for the MQTT broker
+    #[arg(long, value_name = "NAME", requires = "mqtt_password_file")]
+    pub mqtt_user: Option<String>,
+    /// File whose first line is the MQTT password (kept off the command line)
+    #[arg(long, value_name = "FILE", requires = "mqtt_user")]
+    pub mqtt_password_file: Option<PathBuf>,
     /// Scan for BLE devices through BlueZ
     #[arg(long)]
     pub ble: bool,
@@ -50,6 +77,75 @@ pub struct DetectArgs {
     /// Stop after this many seconds (default: until Ctrl-C)
     #[arg(long = "for", value_name = "SECONDS")]
     pub duration: Option<u64>,
+    /// Device ids not to show, one a line (the persistent ignore list)
+    #[arg(long, value_name = "FILE")]
+    pub ignore_file: Option<PathBuf>,
+    /// Add this device id to --ignore-file (repeatable)
+    #[arg(long = "ignore", value_name = "ID", requires = "ignore_file")]
+    pub ignore: Vec<String>,
+    /// Remove this device id from --ignore-file (repeatable)
+    #[arg(long = "unignore", value_name = "ID", requires = "ignore_file")]
+    pub unignore: Vec<String>,
+}
+
+/// The MQTT source's configuration from the command line.
+pub fn mqtt_config(args: &DetectArgs, url: &str) -> anyhow::Result<mqtt::MqttConfig> {
+    let broker = mqtt::parse_url(url)?;
+    let mut cfg = mqtt::MqttConfig::new(&broker.host, broker.port);
+    match (&args.mqtt_ca, broker.tls) {
+        (Some(ca), true) => {
+            cfg.tls = Some(mqtt::TlsFiles {
+                ca: ca.clone(),
+                cert: args.mqtt_cert.clone(),
+                key: args.mqtt_key.clone(),
+            })
+        }
+        (None, true) => anyhow::bail!("{url}: an mqtts:// broker needs --mqtt-ca FILE"),
+        (Some(_), false) => {
+            anyhow::bail!("--mqtt-ca is for an mqtts:// broker, and {url} is not one")
+        }
+        (None, false) if args.mqtt_cert.is_some() => {
+            anyhow::bail!("--mqtt-cert is for an mqtts:// broker, and {url} is not one")
+        }
+        (None, false) => {}
+    }
+    if let (Some(user), Some(file)) = (&args.mqtt_user, &args.mqtt_password_file) {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read mqtt password file {}", file.display()))?;
+        let password = text.lines().next().unwrap_or("").to_owned();
+        cfg.credentials = Some((user.clone(), password));
+    }
+    Ok(cfg)
+}
+
+/// Applies `--ignore` and `--unignore` to the ignore file and returns the
+/// list (empty without `--ignore-file`).
+pub fn ignore_list(args: &DetectArgs, err: &mut dyn Write) -> anyhow::Result<Vec<String>> {
+    let Some(path) = &args.ignore_file else {
+        return Ok(Vec::new());
+    };
+    let mut list = IgnoreList::load(path)?;
+    for id in &args.ignore {
+        if list.add(id)? {
+            let _ = writeln!(
+                err,
+                "berth detect: {id} is now ignored ({})",
+                path.display()
+            );
+        }
+    }
+    for id in &args.unignore {
+        if list.remove(id)? {
+            let _ = writeln!(
+                err,
+                "berth detect: {id} is no longer ignored ({})",
+                path.display()
+            );
+        } else {
+            let _ = writeln!(err, "berth detect: {id} was not on the ignore list");
+        }
+    }
+    Ok(list.ids().map(str::to_owned).collect())
 }
 
 /// Runs `berth detect` on stdout and stderr. Builds its own current-thread
@@ -70,11 +166,16 @@ pub fn run_to(
         Some(p) => Rules::load(p)?,
         None => Rules::default(),
     };
+    let ignored = ignore_list(&args, err)?;
+    if args.duration == Some(0) {
+        // Only the ignore list was to be edited.
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(detect(args, Arc::new(rules), out, err))
+    rt.block_on(detect(args, Arc::new(rules), ignored, out, err))
 }
 
 type SourceResult = (&'static str, Result<(), String>);
@@ -82,6 +183,7 @@ type SourceResult = (&'static str, Result<(), String>);
 async fn detect(
     args: DetectArgs,
     rules: Arc<Rules>,
+    ignored: Vec<String>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
@@ -89,7 +191,13 @@ async fn detect(
     let (stx, srx) = mpsc::channel(1024);
     let (dtx, mut drx) = mpsc::channel(256);
     let (stop, stop_rx) = watch::channel(false);
-    let merger_task = tokio::spawn(merger::run(Merger::new(drops.clone()), srx, dtx));
+    let merger_task = tokio::spawn(merger::run(
+        Merger::new(drops.clone()).with_ignored(ignored),
+        srx,
+        dtx,
+    ));
+    // One replay guard for every source: a device has one counter.
+    let keys = KeyRing::default().with_replay(Arc::new(ReplayGuard::in_memory()));
     let emitter = Emitter::new(stx, drops.clone());
     let mut sources: JoinSet<SourceResult> = JoinSet::new();
 
@@ -100,6 +208,7 @@ async fn detect(
             explicit: args.serial.clone(),
             dev_dir: args.dev.clone(),
             rules: rules.clone(),
+            keys: keys.clone(),
             ..serial::SerialConfig::default()
         };
         if let Some(root) = &args.sysfs {
@@ -114,10 +223,10 @@ async fn detect(
         });
     }
     if let Some(addr) = &args.mqtt {
-        match mqtt::parse_address(addr) {
-            Ok((host, port)) => {
-                let mut cfg = mqtt::MqttConfig::new(&host, port);
+        match mqtt_config(&args, addr) {
+            Ok(mut cfg) => {
                 cfg.rules = rules.clone();
+                cfg.keys = keys.clone();
                 let (e, s) = (emitter.clone(), stop_rx.clone());
                 sources.spawn(async move {
                     (
@@ -127,13 +236,14 @@ async fn detect(
                 });
             }
             Err(e) => {
-                let _ = writeln!(err, "berth detect: mqtt source not started: {e}");
+                let _ = writeln!(err, "berth detect: mqtt source not started: {e:#}");
             }
         }
     }
     if args.ble {
         let cfg = ble::BleConfig {
             rules: rules.clone(),
+            keys: keys.clone(),
             ..ble::BleConfig::default()
         };
         let (e, s) = (emitter.clone(), stop_rx.clone());
@@ -199,7 +309,7 @@ async fn detect(
     merger_task.abort();
     let dropped = drops.snapshot();
     if !dropped.is_empty() {
-        let list: Vec<String> = dropped.iter().map(|(r, n)| format!("{r:?}={n}")).collect();
+        let list: Vec<String> = dropped.iter().map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(err, "berth detect: input dropped: {}", list.join(" "));
     }
     let _ = out.flush();
@@ -487,5 +597,210 @@ mod tests {
         );
         let out = String::from_utf8(out).unwrap();
         assert!(out.starts_with("TIME"), "{out}");
+    }
+    #[test]
+    fn mqtt_tls_and_ignore_options() {
+        let c = Cli::try_parse_from([
+            "detect",
+            "--mqtt",
+            "mqtts://broker.local",
+            "--mqtt-ca",
+            "ca.pem",
+            "--mqtt-cert",
+            "c.pem",
+            "--mqtt-key",
+            "c.key",
+            "--mqtt-user",
+            "gw",
+            "--mqtt-password-file",
+            "pw",
+            "--ignore-file",
+            "ignored",
+            "--ignore",
+            "acme:1",
+            "--unignore",
+            "acme:2",
+        ])
+        .unwrap();
+        assert_eq!(c.args.mqtt_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.args.ignore, vec!["acme:1"]);
+        assert_eq!(c.args.unignore, vec!["acme:2"]);
+        // A key without its certificate, a user without a password file,
+        // --ignore without the file: refused by the parser.
+        for bad in [
+            &["detect", "--mqtt-key", "k"][..],
+            &["detect", "--mqtt-user", "u"][..],
+            &["detect", "--ignore", "acme:1"][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_config_from_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\nignored second line\n").unwrap();
+        let args = DetectArgs {
+            mqtt_ca: Some("ca.pem".into()),
+            mqtt_user: Some("gw".into()),
+            mqtt_password_file: Some(pw),
+            ..DetectArgs::default()
+        };
+        let cfg = mqtt_config(&args, "mqtts://10.0.0.5").unwrap();
+        assert_eq!((cfg.host.as_str(), cfg.port), ("10.0.0.5", 8883));
+        assert_eq!(cfg.tls.unwrap().ca, PathBuf::from("ca.pem"));
+        assert_eq!(cfg.credentials, Some(("gw".into(), "s3cret".into())));
+        let e = mqtt_config(&DetectArgs::default(), "mqtts://h").unwrap_err();
+        assert!(e.to_string().contains("--mqtt-ca"), "{e}");
+        let e = mqtt_config(&args, "mqtt://h").unwrap_err();
+        assert!(e.to_string().contains("not one"), "{e}");
+        let plain = mqtt_config(&DetectArgs::default(), "127.0.0.1:1883").unwrap();
+        assert!(plain.tls.is_none() && plain.credentials.is_none());
+        assert!(mqtt_config(&DetectArgs::default(), "http://h:1").is_err());
+    }
+
+    /// A mosquitto on a loopback port, killed by its PID when dropped.
+    struct Broker(std::process::Child);
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn broker(dir: &std::path::Path) -> (Broker, u16) {
+        for bin in ["mosquitto", "mosquitto_pub"] {
+            let found = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+                .unwrap_or(false);
+            assert!(
+                found,
+                "precondition missing: {bin} (Debian mosquitto, mosquitto-clients)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let b = Broker(child);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < end, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (b, port)
+    }
+
+    /// Publishes a retained, signed announce of acme/`serial`.
+    fn retain_announce(dir: &std::path::Path, port: u16, serial: &str) {
+        let mut buf = [0u8; 512];
+        let n = protocol::AnnounceBuilder::new(
+            "acme",
+            "Meter 2",
+            serial,
+            "1.0",
+            "https://p.acme.example",
+            3,
+        )
+        .encode_signed(&[5; 32], &mut buf)
+        .unwrap();
+        let file = dir.join(format!("{serial}.cbor"));
+        std::fs::write(&file, &buf[..n]).unwrap();
+        let st = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"])
+            .args(["-t", &format!("berth/announce/acme/{serial}")])
+            .arg("-f")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mosquitto_pub failed");
+    }
+
+    #[test]
+    fn ignored_devices_are_not_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_broker, port) = broker(dir.path());
+        retain_announce(dir.path(), port, "KEEP-1");
+        retain_announce(dir.path(), port, "SKIP-1");
+        let list = dir.path().join("ignored");
+        let run = |extra: &[&str]| {
+            let mut argv = vec![
+                "detect".to_owned(),
+                "--mqtt".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--json".to_owned(),
+                "--ignore-file".to_owned(),
+                list.display().to_string(),
+                "--for".to_owned(),
+                "2".to_owned(),
+            ];
+            argv.extend(extra.iter().map(|s| (*s).to_owned()));
+            let c = Cli::try_parse_from(argv).unwrap();
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = run_to(c.args, &mut out, &mut err).unwrap();
+            assert_eq!(code, ExitCode::SUCCESS);
+            (
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(err).unwrap(),
+            )
+        };
+        // The technician ignores one device: it is kept in the file and
+        // not shown; the other one is.
+        let (out, err) = run(&["--ignore", "acme:SKIP-1"]);
+        assert!(out.contains("\"acme:KEEP-1\""), "{out}");
+        assert!(!out.contains("SKIP-1"), "{out}");
+        assert!(err.contains("acme:SKIP-1 is now ignored"), "{err}");
+        assert!(err.contains("denied=1"), "{err}");
+        assert_eq!(std::fs::read_to_string(&list).unwrap(), "acme:SKIP-1\n");
+        // Without --ignore the file alone keeps hiding it.
+        let (out, _) = run(&[]);
+        assert!(
+            out.contains("acme:KEEP-1") && !out.contains("SKIP-1"),
+            "{out}"
+        );
+        // --unignore brings it back.
+        let (out, err) = run(&["--unignore", "acme:SKIP-1"]);
+        assert!(out.contains("\"acme:SKIP-1\""), "{out}");
+        assert!(err.contains("no longer ignored"), "{err}");
+        assert_eq!(std::fs::read_to_string(&list).unwrap(), "");
+    }
+
+    #[test]
+    fn editing_the_ignore_list_alone_runs_no_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("ignored");
+        let c = Cli::try_parse_from([
+            "detect",
+            "--ignore-file",
+            list.to_str().unwrap(),
+            "--ignore",
+            "acme:9",
+            "--for",
+            "0",
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            run_to(c.args, &mut out, &mut err).unwrap(),
+            ExitCode::SUCCESS
+        );
+        assert!(out.is_empty());
+        assert_eq!(std::fs::read_to_string(&list).unwrap(), "acme:9\n");
     }
 }

@@ -123,19 +123,21 @@ async fn bench_serial() {
     let _ = src.await;
 }
 
-async fn mqtt_client(port: u16) -> (AsyncClient, tokio::task::JoinHandle<usize>) {
+async fn mqtt_client(port: u16) -> (AsyncClient, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let mut o = MqttOptions::new(unique("bench-pub-"), "127.0.0.1", port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(200);
     let (c, mut el) = AsyncClient::new(o, 256);
-    // Counts the broker's acknowledgements (QoS 1) until the connection
-    // ends.
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
+    // Counts the broker's acknowledgements (QoS 1).
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = acks.clone();
+    tokio::spawn(async move {
         loop {
             match el.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => return acked,
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => return,
                 _ => {}
             }
         }
@@ -143,81 +145,98 @@ async fn mqtt_client(port: u16) -> (AsyncClient, tokio::task::JoinHandle<usize>)
     (c, acks)
 }
 
-/// A thread with its own runtime that publishes what it is sent, one at a
-/// time, and reports the moment each publish was handed to its client.
+/// What the publisher thread is asked to do.
+enum Job {
+    /// Publish one announce at QoS 0; answer the moment it was handed to
+    /// the client.
+    One(String, Vec<u8>),
+    /// Publish 1000 announces spread over one second; answer how long the
+    /// publishing took and how many the broker acknowledged.
+    Burst(QoS, &'static str),
+}
+
+enum Done {
+    One(Instant),
+    Burst(Duration, usize),
+}
+
+/// One thread with its own runtime plays every device: the detector's
+/// runtime never runs a publisher, and the bench adds one thread, not one
+/// per burst, to the process whose peak RSS is reported.
 fn mqtt_publisher(
     port: u16,
 ) -> (
-    std::sync::mpsc::Sender<(String, Vec<u8>)>,
-    std::sync::mpsc::Receiver<Instant>,
+    tokio::sync::mpsc::UnboundedSender<Job>,
+    std::sync::mpsc::Receiver<Done>,
 ) {
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
-    let (ttx, trx) = std::sync::mpsc::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    let (dtx, drx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let (client, _acks) = mqtt_client(port).await;
-            let (atx, mut arx) = tokio::sync::mpsc::channel(1);
-            std::thread::spawn(move || {
-                while let Ok(m) = rx.recv() {
-                    if atx.blocking_send(m).is_err() {
-                        return;
+            let (client, acks) = mqtt_client(port).await;
+            while let Some(job) = rx.recv().await {
+                match job {
+                    Job::One(t, pl) => {
+                        let t0 = Instant::now();
+                        client.publish(t, QoS::AtMostOnce, false, pl).await.unwrap();
+                        if dtx.send(Done::One(t0)).is_err() {
+                            return;
+                        }
                     }
-                }
-            });
-            while let Some((t, pl)) = arx.recv().await {
-                let t0 = Instant::now();
-                client.publish(t, QoS::AtMostOnce, false, pl).await.unwrap();
-                if ttx.send(t0).is_err() {
-                    return;
+                    Job::Burst(qos, prefix) => {
+                        // Signing is not what is measured: every payload
+                        // is made first.
+                        let payloads: Vec<(String, Vec<u8>)> = (0..1000)
+                            .map(|i| {
+                                let s = format!("{prefix}-{i:04}");
+                                (format!("berth/announce/acme/{s}"), cbor_announce(&s, "1.0"))
+                            })
+                            .collect();
+                        let acked_before = acks.load(std::sync::atomic::Ordering::SeqCst);
+                        let start = tokio::time::Instant::now();
+                        for (i, (t, pl)) in payloads.into_iter().enumerate() {
+                            // Spread evenly over one second.
+                            tokio::time::sleep_until(
+                                start + Duration::from_micros(i as u64 * 1000),
+                            )
+                            .await;
+                            client.publish(t, qos, false, pl).await.unwrap();
+                        }
+                        let sent = start.elapsed();
+                        // At QoS 1, wait (bounded) for every acknowledgement.
+                        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+                        while qos == QoS::AtLeastOnce
+                            && acks.load(std::sync::atomic::Ordering::SeqCst) - acked_before < 1000
+                            && tokio::time::Instant::now() < end
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let acked = acks.load(std::sync::atomic::Ordering::SeqCst) - acked_before;
+                        if dtx.send(Done::Burst(sent, acked)).is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });
     });
-    (tx, trx)
+    (tx, drx)
 }
 
-async fn mqtt_burst(p: &mut Pipeline, port: u16, qos: QoS, prefix: &'static str, label: &str) {
+async fn mqtt_burst(
+    p: &mut Pipeline,
+    jobs: &tokio::sync::mpsc::UnboundedSender<Job>,
+    done: &std::sync::mpsc::Receiver<Done>,
+    qos: QoS,
+    prefix: &'static str,
+    label: &str,
+) {
     let drops_before = p.drops.snapshot();
-    // The publisher runs on a thread and runtime of its own, like a fleet
-    // of devices would: it must not share the detector's runtime.
-    let publisher = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        // Signing is not what is measured: prepare every payload first.
-        let payloads: Vec<(String, Vec<u8>)> = (0..1000)
-            .map(|i| {
-                let s = format!("{prefix}-{i:04}");
-                (format!("berth/announce/acme/{s}"), cbor_announce(&s, "1.0"))
-            })
-            .collect();
-        rt.block_on(async move {
-            let (client, acks) = mqtt_client(port).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let start = tokio::time::Instant::now();
-            for (i, (t, pl)) in payloads.into_iter().enumerate() {
-                // Spread evenly over one second.
-                tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1000)).await;
-                client.publish(t, qos, false, pl).await.unwrap();
-            }
-            let sent = start.elapsed();
-            // Let the client's event loop flush (and, at QoS 1, collect
-            // every acknowledgement) before the runtime ends.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let _ = client.disconnect().await;
-            let acked = tokio::time::timeout(Duration::from_secs(5), acks)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            (sent, acked)
-        })
-    });
+    jobs.send(Job::Burst(qos, prefix)).unwrap();
     // Time from the first announce seen to the last.
     let mut got = 0;
     p.until(Duration::from_secs(60), "first burst device", |e| {
@@ -226,7 +245,7 @@ async fn mqtt_burst(p: &mut Pipeline, port: u16, qos: QoS, prefix: &'static str,
     .await;
     got += 1;
     let t0 = Instant::now();
-    let end = Instant::now() + Duration::from_secs(30);
+    let end = Instant::now() + Duration::from_secs(60);
     while got < 1000 && Instant::now() < end {
         if let Ok(Some(DeviceEvent::Seen(d))) =
             tokio::time::timeout(Duration::from_secs(5), p.events.recv()).await
@@ -241,9 +260,9 @@ async fn mqtt_burst(p: &mut Pipeline, port: u16, qos: QoS, prefix: &'static str,
         }
     }
     let took = t0.elapsed();
-    let (sent_in, acked) = tokio::task::spawn_blocking(move || publisher.join().unwrap())
-        .await
-        .unwrap();
+    let Done::Burst(sent_in, acked) = done.recv_timeout(Duration::from_secs(30)).unwrap() else {
+        panic!("publisher answered out of turn");
+    };
     println!(
         "mqtt     burst    {label}: 1000 published in {:.3} s (broker acked {acked}); {got}/1000 seen, first to last {:.3} s; drops before {:?} after {:?}",
         sent_in.as_secs_f64(),
@@ -278,68 +297,75 @@ async fn bench_mqtt() {
     wait_until(Duration::from_secs(10), "mosquitto", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    let mut p = pipeline();
-    let cfg = mqtt::MqttConfig::new("127.0.0.1", port);
-    let src = tokio::spawn(mqtt::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
-    let (ptx, times) = mqtt_publisher(port);
-    // Wait for the subscription.
-    let mut n = 0;
-    loop {
-        n += 1;
-        assert!(n < 100, "mqtt source never subscribed");
-        ptx.send((
-            "berth/announce/acme/WARM".into(),
-            cbor_announce("WARM", "1"),
-        ))
-        .unwrap();
-        times.recv().unwrap();
-        if tokio::time::timeout(Duration::from_millis(100), p.events.recv())
-            .await
-            .is_ok()
-        {
-            break;
+    let (jobs, done) = mqtt_publisher(port);
+    let one = |t: String, pl: Vec<u8>| {
+        jobs.send(Job::One(t, pl)).unwrap();
+    };
+    let when = || match done.recv_timeout(Duration::from_secs(10)).unwrap() {
+        Done::One(t) => t,
+        Done::Burst(..) => panic!("publisher answered out of turn"),
+    };
+    // One pipeline per measurement: the devices of one do not weigh on the
+    // next, as in a detector that knows 1000 devices.
+    for (qos, prefix, label, keys) in [
+        (None, "LAT", "", false),
+        (Some(QoS::AtMostOnce), "TP0", "qos 0", false),
+        (Some(QoS::AtLeastOnce), "TP1", "qos 1", false),
+        (
+            Some(QoS::AtLeastOnce),
+            "TPK",
+            "qos 1, signatures checked",
+            true,
+        ),
+    ] {
+        let mut p = pipeline();
+        let mut cfg = mqtt::MqttConfig::new("127.0.0.1", port);
+        cfg.client_id = unique("berth-bench-");
+        if keys {
+            cfg.keys
+                .add("acme", &protocol::announce::public_key(&SEED))
+                .unwrap();
         }
+        let src = tokio::spawn(mqtt::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
+        // Wait for the subscription.
+        let mut n = 0;
+        loop {
+            n += 1;
+            assert!(n < 100, "mqtt source never subscribed");
+            one(
+                format!("berth/announce/acme/WARM-{prefix}"),
+                cbor_announce(&format!("WARM-{prefix}"), "1"),
+            );
+            when();
+            if tokio::time::timeout(Duration::from_millis(100), p.events.recv())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        match qos {
+            None => {
+                let mut samples = Vec::new();
+                for i in 0..200 {
+                    let serial = format!("LAT-{i}");
+                    let payload = cbor_announce(&serial, "1.0");
+                    let topic = format!("berth/announce/acme/{serial}");
+                    one(topic, payload);
+                    p.until(Duration::from_secs(5), "mqtt seen", |e| {
+                        matches!(e, DeviceEvent::Seen(d) if d.identity.serial_number.as_deref() == Some(serial.as_str()))
+                    })
+                    .await;
+                    let seen = Instant::now();
+                    samples.push(seen.saturating_duration_since(when()));
+                }
+                report("mqtt", samples);
+            }
+            Some(qos) => mqtt_burst(&mut p, &jobs, &done, qos, prefix, label).await,
+        }
+        p.shutdown.send(true).unwrap();
+        let _ = src.await;
     }
-    let mut samples = Vec::new();
-    for i in 0..200 {
-        let serial = format!("LAT-{i}");
-        let payload = cbor_announce(&serial, "1.0");
-        let topic = format!("berth/announce/acme/{serial}");
-        ptx.send((topic, payload)).unwrap();
-        p.until(Duration::from_secs(5), "mqtt seen", |e| {
-            matches!(e, DeviceEvent::Seen(d) if d.identity.serial_number.as_deref() == Some(serial.as_str()))
-        })
-        .await;
-        let seen = Instant::now();
-        let t0 = times.recv().unwrap();
-        samples.push(seen.saturating_duration_since(t0));
-    }
-    drop(ptx);
-    report("mqtt", samples);
-    mqtt_burst(&mut p, port, QoS::AtMostOnce, "TP0", "qos 0").await;
-    mqtt_burst(&mut p, port, QoS::AtLeastOnce, "TP1", "qos 1").await;
-    p.shutdown.send(true).unwrap();
-    let _ = src.await;
-
-    // QoS 1 again, with the vendor's key known: every announce verified.
-    let mut p = pipeline();
-    let mut cfg = mqtt::MqttConfig::new("127.0.0.1", port);
-    cfg.client_id = unique("berth-keys-");
-    cfg.keys
-        .add("acme", &protocol::announce::public_key(&SEED))
-        .unwrap();
-    let src = tokio::spawn(mqtt::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    mqtt_burst(
-        &mut p,
-        port,
-        QoS::AtLeastOnce,
-        "TPK",
-        "qos 1, signatures checked",
-    )
-    .await;
-    p.shutdown.send(true).unwrap();
-    let _ = src.await;
 }
 
 async fn bench_ble() {
@@ -454,9 +480,19 @@ async fn bench_ble() {
             }
         }
     });
+    // The controller is up once it answers.
+    {
+        use std::io::Write;
+        writeln!(ctl_in, "ping").unwrap();
+        ctl_in.flush().unwrap();
+        let answer = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(answer, "ok");
+    }
     let mut samples = Vec::new();
     for i in 1..=100 {
         let data = hex(&mfr(&format!("1.{i}")));
+        // Below the merger's flood limit for one address (10/s).
+        tokio::time::sleep(Duration::from_millis(120)).await;
         while signals.try_recv().is_ok() {}
         use std::io::Write;
         writeln!(
@@ -540,10 +576,20 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only = std::env::args().nth(1);
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     rt.block_on(async {
-        bench_serial().await;
-        bench_mqtt().await;
-        bench_ble().await;
+        if run("serial") {
+            bench_serial().await;
+            println!("         peak RSS after serial {} KiB", peak_rss_kib());
+        }
+        if run("mqtt") {
+            bench_mqtt().await;
+            println!("         peak RSS after mqtt {} KiB", peak_rss_kib());
+        }
+        if run("ble") {
+            bench_ble().await;
+        }
     });
     println!(
         "peak RSS {} KiB (VmHWM of the benchmark process)",

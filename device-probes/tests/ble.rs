@@ -124,13 +124,17 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn announce(serial: &str, firmware: &str) -> String {
+    announce_n(serial, firmware, 1)
+}
+
+fn announce_n(serial: &str, firmware: &str, counter: u64) -> String {
     let a = protocol::announce::AnnounceBuilder::new(
         "acme",
         "Fake Tag",
         serial,
         firmware,
         "https://provision.acme.example/berth",
-        1,
+        counter,
     )
     .sign(&SEED)
     .unwrap();
@@ -258,6 +262,86 @@ async fn bluez_devices_seen_updated_removed_and_timed_out() {
         matches!(&ev, DeviceEvent::Seen(d) if d.id.0 == beacon.id.0),
         "{ev:?}"
     );
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// An advertisement that goes back to an older announce counter is a
+/// replay: dropped and counted, no update; a newer one updates.
+#[tokio::test(flavor = "current_thread")]
+async fn advertised_older_counter_is_a_replay() {
+    use device_probes::announce::KeyRing;
+    use device_probes::replay::ReplayGuard;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bluez(dir.path());
+    let b = bus.address.clone();
+    let guard = Arc::new(ReplayGuard::in_memory());
+    let mut p = pipeline();
+    let cfg = BleConfig {
+        bus_address: Some(b.clone()),
+        retry: Duration::from_millis(300),
+        keys: KeyRing::default().with_replay(guard.clone()),
+        ..BleConfig::default()
+    };
+    let src = tokio::spawn(ble::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
+    ctl(&b, &["add-adapter", "hci0"]);
+    let mac = "C0:FF:EE:00:00:07";
+    ctl(
+        &b,
+        &[
+            "add-device",
+            "hci0",
+            mac,
+            "tag7",
+            "0xffff",
+            &announce_n("BLE-7", "2.0", 20),
+            "-50",
+        ],
+    );
+    let ev = p.next(T).await;
+    assert!(
+        matches!(&ev, DeviceEvent::Seen(d) if d.id.0 == "acme:BLE-7"),
+        "{ev:?}"
+    );
+    ctl(
+        &b,
+        &[
+            "set-manufacturer-data",
+            "hci0",
+            mac,
+            "0xffff",
+            &announce_n("BLE-7", "1.0", 19),
+        ],
+    );
+    p.quiet(Duration::from_millis(800)).await;
+    assert_eq!(
+        p.drops.get(DropReason::Replay),
+        1,
+        "{:?}",
+        p.drops.snapshot()
+    );
+    ctl(
+        &b,
+        &[
+            "set-manufacturer-data",
+            "hci0",
+            mac,
+            "0xffff",
+            &announce_n("BLE-7", "2.1", 21),
+        ],
+    );
+    let ev = p.next(T).await;
+    assert!(
+        matches!(&ev, DeviceEvent::Updated(d) if d.identity.firmware.as_deref() == Some("2.1")),
+        "{ev:?}"
+    );
+    assert_eq!(guard.last("acme", "BLE-7"), Some(21));
     p.shutdown.send(true).unwrap();
     tokio::time::timeout(T, src)
         .await

@@ -423,3 +423,129 @@ async fn qos1_burst_of_1000_devices_in_one_second() {
         .unwrap()
         .unwrap();
 }
+
+fn announce_n(serial: &str, firmware: &str, counter: u64) -> Vec<u8> {
+    let a = protocol::announce::AnnounceBuilder::new(
+        "acme",
+        "Fake Meter",
+        serial,
+        firmware,
+        "https://provision.acme.example/berth",
+        counter,
+    )
+    .sign(&SEED)
+    .unwrap();
+    let mut out = vec![0u8; protocol::announce::MAX_ANNOUNCE];
+    let n = a.encode(&mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+/// A replayed older announce is dropped and counted, the very same one
+/// repeated is not news, a newer one is; and the counters survive a
+/// restart of the detector through the state file.
+#[tokio::test(flavor = "current_thread")]
+async fn replayed_announces_are_dropped_across_a_restart() {
+    use device_probes::replay::ReplayGuard;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("announce-counters");
+    let port = free_port();
+    let _broker = broker(dir.path(), port);
+    let topic = "berth/announce/acme/RP-1";
+
+    let guard = Arc::new(ReplayGuard::open(&state).unwrap());
+    let mut p = pipeline();
+    let mut cfg = source_config(port);
+    cfg.keys = cfg.keys.clone().with_replay(guard.clone());
+    let src = tokio::spawn(mqtt::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
+    // Subscribed once a fresh announce shows (counters 10, 11, ... while
+    // waiting).
+    let mut c = 10;
+    loop {
+        publish(port, &[(topic, announce_n("RP-1", "1.0", c), false)]).await;
+        if tokio::time::timeout(Duration::from_millis(300), p.events.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        c += 1;
+        assert!(c < 60, "source never subscribed");
+    }
+    assert_eq!(guard.last("acme", "RP-1"), Some(c));
+    // An older announce (a recording replayed): dropped, counted.
+    publish(port, &[(topic, announce_n("RP-1", "0.9", c - 1), false)]).await;
+    // The same announce again (a device repeating itself): not news, not
+    // a replay.
+    publish(port, &[(topic, announce_n("RP-1", "1.0", c), false)]).await;
+    // Same counter, other content: a replay.
+    publish(port, &[(topic, announce_n("RP-1", "6.6", c), false)]).await;
+    // A newer one goes through.
+    publish(port, &[(topic, announce_n("RP-1", "1.1", c + 1), false)]).await;
+    let ev = p.next(T).await;
+    assert!(
+        matches!(&ev, DeviceEvent::Updated(d) if d.identity.firmware.as_deref() == Some("1.1")),
+        "{ev:?}"
+    );
+    assert_eq!(
+        p.drops.get(DropReason::Replay),
+        2,
+        "{:?}",
+        p.drops.snapshot()
+    );
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(guard.flush().unwrap());
+    drop(guard);
+
+    // "Reboot": a new detector loads the counters; the old announce is
+    // still refused, the next one accepted.
+    let guard = Arc::new(ReplayGuard::open(&state).unwrap());
+    assert_eq!(guard.last("acme", "RP-1"), Some(c + 1));
+    let mut p = pipeline();
+    let mut cfg = source_config(port);
+    cfg.keys = cfg.keys.clone().with_replay(guard.clone());
+    let src = tokio::spawn(mqtt::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
+    let mut n = c + 2;
+    let mut replays_sent = 0;
+    loop {
+        // Until subscribed, each round sends a replay and a fresh one.
+        publish(
+            port,
+            &[
+                (topic, announce_n("RP-1", "0.9", c), false),
+                (topic, announce_n("RP-1", "1.2", n), false),
+            ],
+        )
+        .await;
+        replays_sent += 1;
+        if let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(300), p.events.recv()).await
+        {
+            assert!(
+                matches!(&ev, DeviceEvent::Seen(d) if d.identity.firmware.as_deref() == Some("1.2")),
+                "{ev:?}"
+            );
+            break;
+        }
+        n += 1;
+        assert!(n < c + 60, "source never subscribed after the restart");
+    }
+    let replays = p.drops.get(DropReason::Replay);
+    assert!(
+        replays >= 1 && replays <= replays_sent,
+        "{replays} of {replays_sent}"
+    );
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

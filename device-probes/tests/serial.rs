@@ -342,3 +342,68 @@ fn send_uevent(msg: &[u8]) {
     )
     .unwrap();
 }
+
+/// A device that comes back answering with an older counter (a clone, or
+/// rolled-back firmware) is refused as a replay, even though it answers
+/// the fresh challenge; a newer counter is accepted.
+#[tokio::test(flavor = "current_thread")]
+async fn older_counter_after_replug_is_a_replay() {
+    use device_probes::announce::KeyRing;
+    use device_probes::replay::ReplayGuard;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = empty_sysfs(dir.path());
+    let watched = dir.path().join("by-id");
+    std::fs::create_dir(&watched).unwrap();
+    let a = watched.join("usb-acme_meter-if00");
+    let b = dir.path().join("b");
+    let guard = Arc::new(ReplayGuard::in_memory());
+    let mut p = pipeline();
+    let mut cfg = config(&sysfs, dir.path());
+    cfg.explicit = vec![a.clone()];
+    cfg.keys = KeyRing::default().with_replay(guard.clone());
+    let src = tokio::spawn(serial::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
+
+    let pair = socat_pair(&a, &b);
+    let _dev = FakeDevice::start_at(&pair.b, "acme", "RP-7", Noise::None, 5);
+    let ev = p.next(T).await;
+    assert!(
+        matches!(&ev, DeviceEvent::Seen(d) if d.id.0 == "acme:RP-7"),
+        "{ev:?}"
+    );
+    drop(pair);
+    let ev = p.next(T).await;
+    assert!(matches!(&ev, DeviceEvent::Gone(_)), "{ev:?}");
+
+    let pair = socat_pair(&a, &b);
+    let dev = FakeDevice::start_at(&pair.b, "acme", "RP-7", Noise::None, 4);
+    p.quiet(Duration::from_secs(2)).await;
+    assert!(
+        dev.hellos.load(Ordering::SeqCst) >= 1,
+        "the device was asked"
+    );
+    assert!(
+        p.drops.get(DropReason::Replay) >= 1,
+        "{:?}",
+        p.drops.snapshot()
+    );
+    assert_eq!(guard.last("acme", "RP-7"), Some(5));
+    drop(pair);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pair = socat_pair(&a, &b);
+    let _dev = FakeDevice::start_at(&pair.b, "acme", "RP-7", Noise::None, 6);
+    let ev = p.next(T).await;
+    assert!(
+        matches!(&ev, DeviceEvent::Seen(d) if d.id.0 == "acme:RP-7"),
+        "{ev:?}"
+    );
+    assert_eq!(guard.last("acme", "RP-7"), Some(6));
+    drop(pair);
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -139,15 +139,26 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A framed `Announce` answering `nonce`.
+/// A framed `Announce` answering `nonce`, counter 1.
 pub fn announce_frame(vendor: &str, serial: &str, firmware: &str, nonce: Option<u64>) -> Vec<u8> {
+    announce_frame_n(vendor, serial, firmware, nonce, 1)
+}
+
+/// A framed `Announce` answering `nonce` with `counter`.
+pub fn announce_frame_n(
+    vendor: &str,
+    serial: &str,
+    firmware: &str,
+    nonce: Option<u64>,
+    counter: u64,
+) -> Vec<u8> {
     let mut b = AnnounceBuilder::new(
         vendor,
         "Fake Meter",
         serial,
         firmware,
         "https://provision.acme.example/berth",
-        1,
+        counter,
     );
     if let Some(n) = nonce {
         b = b.challenge(n);
@@ -169,6 +180,17 @@ pub struct FakeDevice {
 
 impl FakeDevice {
     pub fn start(path: &Path, vendor: &str, serial: &str, noise: Noise) -> FakeDevice {
+        FakeDevice::start_at(path, vendor, serial, noise, 1)
+    }
+
+    /// A device whose announces all carry `counter`.
+    pub fn start_at(
+        path: &Path,
+        vendor: &str,
+        serial: &str,
+        noise: Noise,
+        counter: u64,
+    ) -> FakeDevice {
         let mut port = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -210,7 +232,13 @@ impl FakeDevice {
                         out.push(0);
                         out.extend(frame(&[0xff, 0xfe, 0xfd]));
                     }
-                    out.extend(announce_frame(&vendor, &serial, "1.0.0", Some(nonce)));
+                    out.extend(announce_frame_n(
+                        &vendor,
+                        &serial,
+                        "1.0.0",
+                        Some(nonce),
+                        counter,
+                    ));
                     if port.write_all(&out).is_err() {
                         return;
                     }

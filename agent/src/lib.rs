@@ -5,6 +5,7 @@
 //!   `jail::JailSpec` and driving the `jail` runtime;
 //! - [`detect`]: `berth detect`, the detection sources' events printed;
 //! - [`board`]: board configurations and `berth check-board`;
+//! - [`http`]: the HTTP/1.1 client of registries and vendor servers;
 //! - [`error`]: the errors a command reports, each with its exit code.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod daemon;
 pub mod detect;
 pub mod error;
+pub mod http;
 pub mod image;
 pub mod jailcmd;
 pub mod net;

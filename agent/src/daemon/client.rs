@@ -7,9 +7,10 @@
 //!   not change, else the signed plan and its `ETag`;
 //! - `POST <url>/v1/reports`, body a CBOR [`Report`].
 //!
-//! HTTPS is rustls with the ring provider (trusting the vendor's CA file
-//! when the registry names one, else the web PKI roots); plain HTTP only to
-//! loopback, as the configuration checked. Redirects are never followed
+//! HTTP through [`crate::http`]. HTTPS trusts what the registry says for
+//! the vendor: exactly its pinned server key (`tls_pin`), else its CA file
+//! (`ca_file`), else the system's CA bundle; plain HTTP only to loopback,
+//! as the configuration checked. Redirects are never followed
 //! (the gateway talks only to the server the registry lists), every request
 //! has a timeout and every body a size limit checked while it streams.
 
@@ -19,6 +20,7 @@ use protocol::provision::signed::MAX_SIGNED_PLAN;
 use protocol::provision::{CborMessage, ProvisionRequest, Report, SignedPlan};
 
 use super::config::VendorSpec;
+use crate::http::{self, StatusCode};
 
 /// Largest error body kept for a message.
 const MAX_ERROR_BODY: usize = 512;
@@ -116,7 +118,7 @@ pub enum Fetched {
 pub struct VendorClient {
     vendor: String,
     base: String,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 impl VendorClient {
@@ -126,32 +128,20 @@ impl VendorClient {
             vendor: spec.id.clone(),
             reason,
         };
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("berthd/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &spec.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("ca_file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(setup(format!(
-                    "ca_file {} holds no certificate",
-                    ca.display()
-                )));
-            }
-            b = b.tls_built_in_root_certs(false);
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let http = b
-            .build()
-            .map_err(|e| setup(format!("cannot build the https client: {e}")))?;
+        let trust = match (&spec.tls_pin, &spec.ca_file) {
+            (Some(pin), _) => http::Trust::Pinned(*pin),
+            (None, Some(ca)) => http::Trust::CaFile(ca.clone()),
+            (None, None) => http::Trust::System,
+        };
+        let http = http::Client::new(http::Options {
+            trust,
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            timeout: Some(timeout),
+            redirects: http::Redirects::None,
+            user_agent: concat!("berthd/", env!("CARGO_PKG_VERSION")).into(),
+        })
+        .map_err(|e| setup(e.to_string()))?;
         Ok(VendorClient {
             vendor: spec.id.clone(),
             base: spec.url.clone(),
@@ -176,13 +166,13 @@ impl VendorClient {
         let resp = self
             .http
             .post(&url)
-            .header("content-type", protocol::provision::CBOR_CONTENT_TYPE)
-            .header("accept", protocol::provision::COSE_CONTENT_TYPE)
+            .header_str("content-type", protocol::provision::CBOR_CONTENT_TYPE)
+            .header_str("accept", protocol::provision::COSE_CONTENT_TYPE)
             .body(body)
             .send()
             .await
             .map_err(|e| self.transport(what, &url, e))?;
-        if resp.status() == reqwest::StatusCode::ACCEPTED {
+        if resp.status() == StatusCode::ACCEPTED {
             // The vendor knows the device but has no plan yet: retry later.
             return Err(ClientError::Status {
                 vendor: self.vendor.clone(),
@@ -209,12 +199,12 @@ impl VendorClient {
         let mut rb = self
             .http
             .get(&url)
-            .header("accept", protocol::provision::COSE_CONTENT_TYPE);
+            .header_str("accept", protocol::provision::COSE_CONTENT_TYPE);
         if let Some(t) = etag {
-            rb = rb.header("if-none-match", t);
+            rb = rb.header_str("if-none-match", t);
         }
         let resp = rb.send().await.map_err(|e| self.transport(what, &url, e))?;
-        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+        if resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(Fetched::Unchanged);
         }
         let resp = self.ok(what, &url, resp).await?;
@@ -239,7 +229,7 @@ impl VendorClient {
         let resp = self
             .http
             .post(&url)
-            .header("content-type", protocol::provision::CBOR_CONTENT_TYPE)
+            .header_str("content-type", protocol::provision::CBOR_CONTENT_TYPE)
             .body(body)
             .send()
             .await
@@ -248,20 +238,13 @@ impl VendorClient {
         Ok(())
     }
 
-    fn transport(&self, what: &'static str, url: &str, e: reqwest::Error) -> ClientError {
-        // reqwest's Display hides the cause chain; walk it for the reason.
-        let mut reason = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            src = s.source();
-        }
+    fn transport(&self, what: &'static str, url: &str, e: http::HttpError) -> ClientError {
+        // HttpError's message already carries its cause.
         ClientError::Transport {
             vendor: self.vendor.clone(),
             what,
             url: url.to_string(),
-            reason,
+            reason: e.to_string(),
         }
     }
 
@@ -269,8 +252,8 @@ impl VendorClient {
         &self,
         what: &'static str,
         url: &str,
-        resp: reqwest::Response,
-    ) -> Result<reqwest::Response, ClientError> {
+        resp: http::Response,
+    ) -> Result<http::Response, ClientError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -294,30 +277,18 @@ impl VendorClient {
         &self,
         what: &'static str,
         url: &str,
-        mut resp: reqwest::Response,
+        mut resp: http::Response,
         max: usize,
     ) -> Result<Vec<u8>, ClientError> {
-        let too_large = || ClientError::TooLarge {
-            vendor: self.vendor.clone(),
-            what,
-            url: url.to_string(),
-            max,
-        };
-        if resp.content_length().is_some_and(|l| l > max as u64) {
-            return Err(too_large());
-        }
-        let mut out = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        resp.bytes_limited(max as u64)
             .await
             .map_err(|e| self.transport(what, url, e))?
-        {
-            if out.len() + chunk.len() > max {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            .ok_or_else(|| ClientError::TooLarge {
+                vendor: self.vendor.clone(),
+                what,
+                url: url.to_string(),
+                max,
+            })
     }
 }
 
@@ -412,6 +383,7 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             key: key.verifying_key(),
             ca_file: None,
+            tls_pin: None,
             approval: crate::daemon::config::Approval::Manual,
         }
     }
@@ -462,6 +434,77 @@ mod tests {
         let n = bad.len();
         bad[n - 1] ^= 1;
         assert!(verify(&bad, &spec("acme", &acme), "M", "S1").is_err());
+    }
+
+    /// A real `berth-vendor` server over TLS (rcgen self-signed for
+    /// 127.0.0.1), serving until the returned sender is dropped.
+    async fn tls_vendor(
+        dir: &std::path::Path,
+    ) -> (
+        String,
+        crate::http::KeyPin,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let store = vendor_server::Store::open(&dir.join("vendor.db")).unwrap();
+        let server = vendor_server::Server::bind(
+            vendor_server::ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: Some(vendor_server::TlsFiles { cert, key }),
+                signing_key: SigningKey::from_bytes(&[7; 32]),
+            },
+            store,
+        )
+        .await
+        .unwrap();
+        let url = format!("https://{}", server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let pin = crate::http::KeyPin::of_certificate(ck.cert.der()).unwrap();
+        (url, pin, tx)
+    }
+
+    #[tokio::test]
+    async fn a_pinned_vendor_key_is_trusted_and_any_other_key_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pin, _stop) = tls_vendor(dir.path()).await;
+        let acme = SigningKey::from_bytes(&[1; 32]);
+        let mut s = spec("acme", &acme);
+        s.url = url.clone();
+
+        // The server's own key: the exchange happens (the plan is unknown
+        // to this vendor, so it answers 404 over the pinned connection).
+        s.tls_pin = Some(pin);
+        let c = VendorClient::new(&s, Duration::from_secs(5)).unwrap();
+        let e = c.fetch_plan("p1", None).await.unwrap_err();
+        assert!(matches!(e, ClientError::Status { status: 404, .. }), "{e}");
+
+        // A pin of another key: refused before any request is sent.
+        let other = crate::http::KeyPin::parse(&format!("sha256:{}", "cd".repeat(32))).unwrap();
+        s.tls_pin = Some(other);
+        let c = VendorClient::new(&s, Duration::from_secs(5)).unwrap();
+        let e = c.fetch_plan("p1", None).await.unwrap_err();
+        let addr = url.trim_start_matches("https://");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "vendor acme: GET {url}/v1/plans/p1: TLS handshake with {addr} refused: \
+                 the server's key {pin} is not the pinned key {other}"
+            )
+        );
+
+        // Without a pin or CA file, the system bundle does not know this
+        // self-signed server.
+        s.tls_pin = None;
+        let c = VendorClient::new(&s, Duration::from_secs(5)).unwrap();
+        let e = c.fetch_plan("p1", None).await.unwrap_err();
+        assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+        assert!(e.to_string().contains("invalid peer certificate"), "{e}");
     }
 
     #[tokio::test]

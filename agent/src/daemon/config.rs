@@ -26,6 +26,7 @@
 //! url = "https://provision.acme.example"
 //! key = "3b6a27bc…"            # Ed25519 plan-signing key, 64 hex digits
 //! ca_file = "/etc/berth/acme-ca.pem"
+//! # tls_pin = "sha256:…"      # or: trust exactly this server key (SPKI SHA-256)
 //! approval = "auto"
 //! ```
 //!
@@ -117,6 +118,7 @@ struct VendorFile {
     url: Spanned<String>,
     key: Spanned<String>,
     ca_file: Option<Spanned<PathBuf>>,
+    tls_pin: Option<Spanned<String>>,
     approval: Option<Approval>,
 }
 
@@ -159,6 +161,9 @@ pub struct VendorSpec {
     /// CA certificate(s) (PEM) its server's certificate chains to; `None`
     /// for plain loopback HTTP or the system's web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// The pinned key of its server (SHA-256 of the SubjectPublicKeyInfo):
+    /// when set, exactly that key is trusted and `ca_file` is not used.
+    pub tls_pin: Option<crate::http::KeyPin>,
     /// How its requests are approved.
     pub approval: Approval,
 }
@@ -317,6 +322,13 @@ impl Config {
                 }
                 None => None,
             };
+            let tls_pin = match v.tls_pin {
+                Some(p) => Some(
+                    crate::http::KeyPin::parse(p.get_ref())
+                        .map_err(|e| bad(Some(p.span()), format!("vendor {id:?} tls_pin: {e}")))?,
+                ),
+                None => None,
+            };
             vendors.insert(
                 id.clone(),
                 VendorSpec {
@@ -324,6 +336,7 @@ impl Config {
                     url,
                     key,
                     ca_file,
+                    tls_pin,
                     approval: v.approval.unwrap_or(default_approval),
                 },
             );

@@ -181,7 +181,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// Four gzip layers of 1 MB files of random data, `mb` MB in all.
 async fn push_random_image(reg: &str, repo: &str, mb: usize) -> anyhow::Result<Reference> {
-    let client = reqwest::Client::new();
+    let client = agent::http::Client::new(Default::default())?;
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut seed = 1;
@@ -224,7 +224,7 @@ async fn push_random_image(reg: &str, repo: &str, mb: usize) -> anyhow::Result<R
     let md = Digest::of(manifest.as_bytes());
     let r = client
         .put(format!("http://{reg}/v2/{repo}/manifests/{md}"))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .header_str("content-type", "application/vnd.oci.image.manifest.v1+json")
         .body(manifest)
         .send()
         .await?;
@@ -233,7 +233,7 @@ async fn push_random_image(reg: &str, repo: &str, mb: usize) -> anyhow::Result<R
 }
 
 async fn push_blob(
-    client: &reqwest::Client,
+    client: &agent::http::Client,
     reg: &str,
     repo: &str,
     data: &[u8],
@@ -258,7 +258,7 @@ async fn push_blob(
     let sep = if loc.contains('?') { '&' } else { '?' };
     let r = client
         .put(format!("{loc}{sep}digest={d}"))
-        .header("content-type", "application/octet-stream")
+        .header_str("content-type", "application/octet-stream")
         .body(data.to_vec())
         .send()
         .await?;

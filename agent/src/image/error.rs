@@ -30,7 +30,7 @@ pub enum ImageError {
         url: String,
         /// What went wrong.
         #[source]
-        source: reqwest::Error,
+        source: crate::http::HttpError,
     },
     /// The registry answered with an unexpected status.
     #[error("{url} answered HTTP {status}{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]

@@ -2,18 +2,22 @@
 //! digest, with the token (and basic) authentication flow the spec
 //! describes.
 //!
-//! HTTPS by rustls with the ring provider and the bundled webpki roots;
+//! HTTP through [`crate::http`]: HTTPS trusting the system's CA bundle;
 //! plain HTTP only for the hosts the caller lists (loopback by default).
-//! Every request has a connect and a read timeout, redirects are followed
-//! at most five times and never from HTTPS to a host not allowed plain
-//! HTTP, and bodies read into memory are bounded. Digests are checked by
-//! the callers (manifests here, blobs while streaming in the store).
+//! Every request has a connect and a read timeout, redirects (a registry
+//! may send blob downloads to a storage host) are followed at most five
+//! times, never to plain HTTP on a host not allowed it and never carrying
+//! the registry's Authorization to another host; bodies read into memory
+//! are bounded. Digests are checked by the callers (manifests here, blobs
+//! while streaming in the store).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
-use reqwest::{Response, StatusCode};
+use crate::http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+};
+use crate::http::{self, HeaderMap, HeaderValue, Response, StatusCode, Url};
 
 use super::digest::{Digest, Hasher};
 use super::error::ImageError;
@@ -31,7 +35,7 @@ const MAX_ERROR_BODY: u64 = 4 << 10;
 
 /// A client for one repository of one registry.
 pub(crate) struct Registry {
-    client: reqwest::Client,
+    client: http::Client,
     base: String,
     repository: String,
     insecure: Vec<String>,
@@ -83,33 +87,25 @@ impl Registry {
         };
         let base = format!("{scheme}://{host}");
         let allowed = insecure.to_vec();
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                return attempt.error("more than 5 redirects");
-            }
-            let url = attempt.url().clone();
-            let authority = match (url.host_str(), url.port()) {
-                (Some(h), Some(p)) if h.contains(':') => format!("[{h}]:{p}"),
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (Some(h), None) => h.to_owned(),
-                (None, _) => return attempt.error("redirect without a host"),
-            };
-            if url.scheme() == "https" || plain_http_allowed(&authority, &allowed) {
-                attempt.follow()
+        let check: http::RedirectCheck = Arc::new(move |url: &Url| {
+            if url.is_https() || plain_http_allowed(&url.authority(), &allowed) {
+                Ok(())
             } else {
-                attempt.error(format!("refusing a redirect to plain http: {url}"))
+                Err(format!("refusing a redirect to plain http: {url}"))
             }
         });
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .redirect(redirects)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| ImageError::Http {
-                url: base.clone(),
-                source,
-            })?;
+        let client = http::Client::new(http::Options {
+            trust: http::Trust::System,
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+            timeout: None,
+            redirects: http::Redirects::Follow { max: 5, check },
+            user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")).into(),
+        })
+        .map_err(|source| ImageError::Http {
+            url: base.clone(),
+            source,
+        })?;
         Ok(Self {
             client,
             base,
@@ -194,14 +190,9 @@ impl Registry {
         };
         let realm =
             get("realm").ok_or_else(|| auth_err("bearer challenge without realm".into()))?;
-        let realm_url = reqwest::Url::parse(realm)
-            .map_err(|e| auth_err(format!("bad realm `{realm}`: {e}")))?;
-        let realm_authority = match (realm_url.host_str(), realm_url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(auth_err(format!("bad realm `{realm}`"))),
-        };
-        if realm_url.scheme() != "https" && !plain_http_allowed(&realm_authority, &self.insecure) {
+        let realm_url =
+            Url::parse(realm).map_err(|e| auth_err(format!("bad realm `{realm}`: {e}")))?;
+        if !realm_url.is_https() && !plain_http_allowed(&realm_url.authority(), &self.insecure) {
             return Err(auth_err(format!(
                 "refusing a token realm over plain http: {realm}"
             )));
@@ -212,13 +203,9 @@ impl Registry {
         if let Some(s) = get("service") {
             query.push(("service", s));
         }
-        let mut req = self
-            .client
-            .get(realm_url)
-            .query(&query)
-            .timeout(SMALL_TIMEOUT);
+        let mut req = self.client.get(realm).query(&query).timeout(SMALL_TIMEOUT);
         if let Some(c) = &self.credentials {
-            req = req.basic_auth(&c.username, Some(&c.password));
+            req = req.basic_auth(&c.username, &c.password);
         }
         let resp = req.send().await.map_err(|source| ImageError::Http {
             url: realm.to_owned(),
@@ -263,7 +250,7 @@ impl Registry {
         let resp = check_status(&url, resp, &[StatusCode::OK]).await?;
         let ct = resp
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = read_limited(&url, resp, limit).await?;
@@ -307,7 +294,7 @@ impl Registry {
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT
             && resp
                 .headers()
-                .get(reqwest::header::CONTENT_RANGE)
+                .get(CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|r| r.starts_with(&format!("bytes {offset}-")));
         if resp.status() == StatusCode::PARTIAL_CONTENT && !partial {
@@ -365,24 +352,16 @@ pub(crate) async fn read_limited(
     mut resp: Response,
     limit: u64,
 ) -> Result<Vec<u8>, ImageError> {
-    let too_large = || ImageError::TooLarge {
-        what: url.to_owned(),
-        limit,
-    };
-    if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|source| ImageError::Http {
-        url: url.to_owned(),
-        source,
-    })? {
-        if out.len() as u64 + chunk.len() as u64 > limit {
-            return Err(too_large());
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+    resp.bytes_limited(limit)
+        .await
+        .map_err(|source| ImageError::Http {
+            url: url.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| ImageError::TooLarge {
+            what: url.to_owned(),
+            limit,
+        })
 }
 
 /// `Bearer realm="x",service="y"` → ("Bearer", [(realm, x), (service, y)]).
@@ -433,26 +412,7 @@ fn parse_challenge(s: &str) -> (String, Vec<(String, String)>) {
 
 fn basic_header(c: &Credentials) -> Option<HeaderValue> {
     let raw = format!("{}:{}", c.username, c.password);
-    HeaderValue::from_str(&format!("Basic {}", base64(raw.as_bytes()))).ok()
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.len();
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= n {
-                out.push(char::from(T[((v >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    HeaderValue::from_str(&format!("Basic {}", http::base64(raw.as_bytes()))).ok()
 }
 
 /// Hashes bytes already on disk (a partial download being resumed).
@@ -500,7 +460,7 @@ mod tests {
             ("foo", "Zm9v"),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64(i.as_bytes()), o);
+            assert_eq!(http::base64(i.as_bytes()), o);
         }
     }
 

@@ -169,7 +169,7 @@ pub(crate) struct Pushed {
 }
 
 pub(crate) async fn push_blob(
-    client: &reqwest::Client,
+    client: &crate::http::Client,
     reg: &str,
     repo: &str,
     data: &[u8],
@@ -190,7 +190,7 @@ pub(crate) async fn push_blob(
     let sep = if loc.contains('?') { '&' } else { '?' };
     let r = client
         .put(format!("{loc}{sep}digest={d}"))
-        .header("content-type", "application/octet-stream")
+        .header_str("content-type", "application/octet-stream")
         .body(data.to_vec())
         .send()
         .await
@@ -199,13 +199,13 @@ pub(crate) async fn push_blob(
         r.status().as_u16(),
         201,
         "finish upload: {:?}",
-        r.text().await
+        r.text(4096).await
     );
     d
 }
 
 pub(crate) async fn push_manifest(
-    client: &reqwest::Client,
+    client: &crate::http::Client,
     reg: &str,
     repo: &str,
     media_type: &str,
@@ -214,12 +214,17 @@ pub(crate) async fn push_manifest(
     let d = Digest::of(body);
     let r = client
         .put(format!("http://{reg}/v2/{repo}/manifests/{d}"))
-        .header("content-type", media_type)
+        .header_str("content-type", media_type)
         .body(body.to_vec())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "manifest: {:?}", r.text().await);
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "manifest: {:?}",
+        r.text(4096).await
+    );
     d
 }
 
@@ -255,7 +260,7 @@ pub(crate) async fn push_image_as(
             "application/vnd.oci.image.layer.v1.tar+gzip",
         )
     };
-    let client = reqwest::Client::new();
+    let client = crate::http::Client::new(Default::default()).unwrap();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut digests = Vec::new();
@@ -678,7 +683,7 @@ fn index_picks_the_gateway_platform() {
     rt.block_on(async {
         let x86 = push_image(&reg.addr, "vendor/multi", &[layer_tar(&[("arch", b"amd64")])], ("amd64", None)).await;
         let arm = push_image(&reg.addr, "vendor/multi", &[layer_tar(&[("arch", b"armv7")])], ("arm", Some("v7"))).await;
-        let client = reqwest::Client::new();
+        let client = crate::http::Client::new(Default::default()).unwrap();
         let entry = |d: &Digest, arch: &str, variant: &str| {
             format!(r#"{{"mediaType":"{}","digest":"{d}","size":SIZE_{},"platform":{{"os":"linux","architecture":"{arch}"{variant}}}}}"#, manifest::OCI_MANIFEST, d.hex())
         };
@@ -692,12 +697,13 @@ fn index_picks_the_gateway_platform() {
             let d = m.reference.digest();
             let body = client
                 .get(format!("http://{}/v2/vendor/multi/manifests/{d}", reg.addr))
-                .header("accept", manifest::OCI_MANIFEST)
+                .header_str("accept", manifest::OCI_MANIFEST)
                 .send()
                 .await
                 .unwrap()
-                .bytes()
+                .bytes_limited(1 << 20)
                 .await
+                .unwrap()
                 .unwrap();
             index = index.replace(&format!("SIZE_{}", d.hex()), &body.len().to_string());
         }
@@ -868,15 +874,19 @@ fn interrupted_download_resumes_with_a_range_request() {
         let layer = layer_tar(&[("data", &data)]);
         let img = push_image(&reg.addr, "vendor/resume", &[layer], ("amd64", None)).await;
         // What a power cut mid-download leaves: part of the blob in tmp/.
-        let gz = reqwest::get(format!(
-            "http://{}/v2/vendor/resume/blobs/{}",
-            reg.addr, img.layers[0]
-        ))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        let gz = crate::http::Client::new(Default::default())
+            .unwrap()
+            .get(format!(
+                "http://{}/v2/vendor/resume/blobs/{}",
+                reg.addr, img.layers[0]
+            ))
+            .send()
+            .await
+            .unwrap()
+            .bytes_limited(64 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         let half = gz.len() / 2;
         std::fs::write(
             store
@@ -1126,15 +1136,16 @@ fn docker_schema2_manifest_list_and_manifest() {
         assert_eq!(r.config.entrypoint, ["/bin/app"]);
 
         // A Docker manifest list in front of it.
-        let client = reqwest::Client::new();
+        let client = crate::http::Client::new(Default::default()).unwrap();
         let body = client
             .get(format!("http://{}/v2/vendor/docker/manifests/{}", reg.addr, img.reference.digest()))
-            .header("accept", manifest::DOCKER_MANIFEST)
+            .header_str("accept", manifest::DOCKER_MANIFEST)
             .send()
             .await
             .unwrap()
-            .bytes()
+            .bytes_limited(1 << 20)
             .await
+            .unwrap()
             .unwrap();
         let list = format!(
             r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,

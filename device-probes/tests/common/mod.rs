@@ -99,6 +99,11 @@ pub struct PtyPair {
 
 pub fn socat_pair(a: &Path, b: &Path) -> PtyPair {
     need("socat");
+    // A socat killed by its PID leaves its links behind, pointing at pty
+    // numbers another process may get next: remove them, so the wait below
+    // sees this socat's links and not a stale one that resolves by chance.
+    let _ = std::fs::remove_file(a);
+    let _ = std::fs::remove_file(b);
     let peer = Peer::spawn(
         "socat",
         Command::new("socat")

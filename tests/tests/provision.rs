@@ -1445,6 +1445,21 @@ fn several_apps_run_in_one_jail_and_a_failed_update_restores_them_all() {
         .collect();
     assert_eq!(apps, [("web", true), ("api", true), ("api", true)], "{rep}");
 
+    // berthd killed and started again: the further app was started by the
+    // berthd that died and runs on in the jail; nothing is rebuilt.
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = daemon.child.wait();
+    daemon = rig.start_berthd();
+    assert!(
+        wait_until(Duration::from_secs(60), || rig.stage_is("running", 1)),
+        "not running after the restart: {:?}",
+        devices(&rig.sock)
+    );
+    assert_eq!(rig.jails()[0]["address"], addr.as_str());
+    assert_eq!(http_get(&addr, 8081, "/version").as_deref(), Some("1\n"));
+    assert_eq!(http_get(&addr, 8080, "/version").as_deref(), Some("1\n"));
+
     // An update whose second app fails its check: rolled back, and both
     // apps of version 1 keep answering; the failed version's apps are gone.
     rig.publish_text(

@@ -48,6 +48,7 @@ pub async fn run(d: Arc<Daemon>) {
     };
     let rules = Arc::new(rules);
     let counters = d.config().state_dir.join(COUNTERS_FILE);
+    remove_stale_temps(&d.config().state_dir);
     let guard = match ReplayGuard::open(&counters) {
         Ok(g) => Arc::new(g),
         Err(e) => {
@@ -137,6 +138,29 @@ pub async fn run(d: Arc<Daemon>) {
     .await;
 }
 
+/// Removes the temp files of counter writes that a crash interrupted
+/// (`.announce-counters.tmp.<pid>`: written, not yet renamed over the
+/// table, so never part of it). One berthd owns a state dir (its store is
+/// locked), so none of them is being written now.
+pub fn remove_stale_temps(state_dir: &std::path::Path) {
+    let prefix = format!(".{COUNTERS_FILE}.tmp");
+    let Ok(rd) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed an interrupted counter write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove an interrupted counter write")
+                }
+            }
+        }
+    }
+}
+
 /// The device record of an observation that carries a native announce,
 /// and the endpoint the announce names.
 pub fn record_of(ev: &SourceEvent) -> Option<(DeviceRecord, String)> {
@@ -218,6 +242,29 @@ mod tests {
             (a.transport.as_str(), b.transport.as_str()),
             ("mqtt", "serial")
         );
+    }
+
+    #[test]
+    fn interrupted_counter_writes_are_removed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            ".announce-counters.tmp.4242",
+            ".announce-counters.tmp7",
+            COUNTERS_FILE,
+            "berthd.redb",
+            ".other.tmp.1",
+        ] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        remove_stale_temps(d.path());
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp.1", COUNTERS_FILE, "berthd.redb"]);
+        // A state dir that does not exist yet is no error.
+        remove_stale_temps(&d.path().join("missing"));
     }
 
     #[test]

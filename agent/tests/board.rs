@@ -393,7 +393,7 @@ fn berthd_logs_board_mismatches_and_runs() {
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn berthd_refuses_a_host_that_lacks_a_required_adapter() {
+fn berthd_refuses_a_host_lacking_what_the_board_requires() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let b = board_file(
@@ -435,7 +435,7 @@ fn berthd_refuses_a_host_that_lacks_a_required_adapter() {
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn the_python_checker_and_the_rust_reader_agree() {
+fn board_files_the_python_checker_and_the_rust_reader_agree_on() {
     require_root();
     let py = Path::new("/usr/bin/python3");
     let ok = Command::new(py)

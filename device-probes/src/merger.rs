@@ -347,11 +347,18 @@ impl Emitter {
     /// Sends an observation; a channel full for [`SEND_TIMEOUT`] drops it
     /// (counted as `QueueFull`). Returns false once the merger is gone.
     pub async fn seen(&self, obs: Observation) -> bool {
+        self.seen_within(obs, SEND_TIMEOUT).await
+    }
+
+    /// [`seen`](Self::seen) with another wait on a full channel: a source
+    /// whose peer holds undelivered input itself (an MQTT broker at QoS 1)
+    /// waits longer rather than drop.
+    pub async fn seen_within(&self, obs: Observation, wait: Duration) -> bool {
         match self.tx.try_send(SourceEvent::Seen(obs)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(ev)) => {
-                match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(ev)).await {
+                match tokio::time::timeout(wait, self.tx.send(ev)).await {
                     Ok(Ok(())) => true,
                     Ok(Err(_)) => false,
                     Err(_) => {

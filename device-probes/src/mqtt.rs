@@ -28,7 +28,11 @@
 //! handed what it read to the merger, so a slow consumer holds the broker
 //! back through TCP rather than growing a queue here. The broker bounds
 //! what it sends unacknowledged (mosquitto `max_inflight_messages`, 20) and
-//! what it queues (`max_queued_messages`).
+//! what it queues (`max_queued_messages`, 1000). A full merger channel is
+//! waited on for up to `queue_wait` (10 s, under the keep-alive) instead of
+//! the other sources' 2 s: the broker keeps what is not read meanwhile, so
+//! a consumer that stalls for seconds (a burst of state writes) loses
+//! nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -70,6 +74,12 @@ pub struct MqttConfig {
     pub tls: Option<TlsFiles>,
     /// Username and password for the broker.
     pub credentials: Option<(String, String)>,
+    /// How long a publish waits for room in the merger's channel before it
+    /// is dropped (counted `queue_full`). While it waits the source reads
+    /// nothing, so the broker holds the rest (QoS 1 messages in its queue);
+    /// keep it well below 1.5 × `keep_alive`, after which the broker drops
+    /// the connection.
+    pub queue_wait: Duration,
 }
 
 /// The PEM files of a TLS connection to the broker.
@@ -108,6 +118,7 @@ impl MqttConfig {
             keys: KeyRing::default(),
             tls: None,
             credentials: None,
+            queue_wait: Duration::from_secs(10),
         }
     }
 
@@ -548,6 +559,7 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.channel_capacity);
     eventloop.set_network_options(network_options());
     let filters = cfg.filters();
+    let queue_wait = cfg.queue_wait.min(cfg.keep_alive);
     let mut decoder = Decoder::new(&cfg);
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let mut logged_down = false;
@@ -580,7 +592,7 @@ pub async fn run(
                     Ok(evs) => {
                         for ev in evs {
                             let alive = match ev {
-                                SourceEvent::Seen(o) => emitter.seen(o).await,
+                                SourceEvent::Seen(o) => emitter.seen_within(o, queue_wait).await,
                                 SourceEvent::Gone { transport, address } => {
                                     emitter.gone(transport, address).await
                                 }

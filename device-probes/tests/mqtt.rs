@@ -572,3 +572,69 @@ async fn replayed_announces_are_dropped_across_a_restart() {
         .unwrap()
         .unwrap();
 }
+
+/// The same burst while whoever reads the device events stalls for 3 s
+/// (longer than the 2 s other sources wait on a full channel): the source
+/// stops reading, the broker keeps the rest, and nothing is dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn qos1_burst_survives_a_stalled_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = broker(dir.path(), port);
+    let mut p = pipeline();
+    let src = tokio::spawn(mqtt::run(
+        source_config(port),
+        p.emitter.clone(),
+        p.shutdown_rx.clone(),
+    ));
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 50, "source never subscribed");
+        publish(
+            port,
+            &[(
+                "berth/announce/acme/WARM",
+                cbor_announce("acme", "WARM", "1"),
+                false,
+            )],
+        )
+        .await;
+        if tokio::time::timeout(Duration::from_millis(300), p.events.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let publisher = fleet(port, 1000, QoS::AtLeastOnce, "ST");
+    // Nobody reads for 3 s: both 256-event channels fill up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 1000 {
+        let ev = p
+            .until(T, "all 1000 devices", |e| matches!(e, DeviceEvent::Seen(_)))
+            .await;
+        if let DeviceEvent::Seen(d) = ev {
+            if let Some(s) = d.identity.serial_number.filter(|s| s.starts_with("ST-")) {
+                seen.insert(s);
+            }
+        }
+    }
+    let acked = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(acked, 1000);
+    assert_eq!(
+        p.drops.get(DropReason::QueueFull),
+        0,
+        "{:?}",
+        p.drops.snapshot()
+    );
+    p.shutdown.send(true).unwrap();
+    tokio::time::timeout(T, src)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

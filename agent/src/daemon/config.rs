@@ -19,7 +19,9 @@
 //! acl_file = "/etc/mosquitto/berth.acl"
 //! password_file = "/etc/mosquitto/berth.passwd"
 //! pid_file = "/run/mosquitto.pid"
-//! broker = "10.213.0.1:1883"   # what jails are told to connect to
+//! broker = "gateway:1883"      # what jails are told to connect to; the
+//!                              # host `gateway` is each jail's own bridge
+//!                              # address; the port is opened to the jails
 //!
 //! [[vendor]]
 //! id = "acme"

@@ -16,6 +16,22 @@
 //!   bridge in `allow_to`; drop X to any other Berth bridge.
 //! - postrouting (with `uplink_masquerade`): masquerade X's subnet leaving
 //!   through any interface that is not a Berth bridge.
+//!
+//! Port forwards ([`Forward`]: a host port to a jail's address and port):
+//! - prerouting and output (nat chains at priority -100, present only
+//!   while there is a forward): a new connection to the host port on one of
+//!   the host's own addresses (`fib daddr type local`) is sent to the jail
+//!   (DNAT). Loopback addresses (127.0.0.0/8) are not forwarded: a
+//!   connection to 127.0.0.1 DNATed to a jail would need `route_localnet`,
+//!   which opens other holes. So a forward is reached on the host's other
+//!   addresses: its uplink addresses and the bridges' gateway addresses,
+//!   from the network or from the host itself.
+//! - forward, after the per-bridge rules: into bridge X, accept
+//!   established/related and the DNATed connections (`ct status dnat`) to
+//!   a forwarded jail address and port; drop every other new connection
+//!   into X. A jail of another bridge that connects to a forwarded port is
+//!   still dropped by its own bridge's isolation rule (unless `allow_to`
+//!   lets it reach X): the vendor isolation holds through forwards too.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,10 +40,11 @@ use std::net::Ipv4Addr;
 use crate::link::{check_subnet, mask_of, network_of};
 use crate::name::{validate_ifname, validate_table_name};
 use crate::nft::{
-    self, BaseChain, Batch, CmpOp, Expr, CT_STATE_ESTABLISHED, CT_STATE_RELATED, NFPROTO_IPV4,
-    NFT_CT_STATE, NFT_META_IIFNAME, NFT_META_L4PROTO, NFT_META_NFPROTO, NFT_META_OIFNAME,
-    NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1, NF_ACCEPT, NF_DROP,
-    NF_INET_FORWARD, NF_INET_LOCAL_IN, NF_INET_POST_ROUTING,
+    self, BaseChain, Batch, CmpOp, Expr, CT_STATE_ESTABLISHED, CT_STATE_RELATED, IPS_DST_NAT,
+    NFPROTO_IPV4, NFT_CT_STATE, NFT_CT_STATUS, NFT_META_IIFNAME, NFT_META_L4PROTO,
+    NFT_META_NFPROTO, NFT_META_OIFNAME, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
+    NFT_REG_1, NFT_REG_2, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, RTN_LOCAL,
 };
 use crate::Error;
 
@@ -62,6 +79,27 @@ pub struct Policy {
     pub bridges: Vec<BridgePolicy>,
     /// Masquerade each bridge's subnet on its way out of the host.
     pub uplink_masquerade: bool,
+}
+
+/// A host port forwarded to a port of a jail on one of the bridges. Given
+/// beside a [`Policy`] to [`Firewall::apply_with_forwards`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Forward {
+    pub proto: Proto,
+    pub host_port: u16,
+    /// The jail's address: inside the subnet of a bridge of the policy.
+    pub jail: Ipv4Addr,
+    pub jail_port: u16,
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} -> {}:{}",
+            self.proto, self.host_port, self.jail, self.jail_port
+        )
+    }
 }
 
 /// The rules for one bridge.
@@ -99,6 +137,22 @@ pub const POSTROUTING: BaseChain = BaseChain {
     priority: 100,
 };
 
+/// Destination NAT priority (`NF_IP_PRI_NAT_DST`), for connections that
+/// arrive from the network.
+pub const PREROUTING: BaseChain = BaseChain {
+    name: "prerouting",
+    kind: "nat",
+    hook: NF_INET_PRE_ROUTING,
+    priority: -100,
+};
+/// The same for connections the host itself opens.
+pub const OUTPUT: BaseChain = BaseChain {
+    name: "output",
+    kind: "nat",
+    hook: NF_INET_LOCAL_OUT,
+    priority: -100,
+};
+
 /// One condition of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Match {
@@ -110,6 +164,12 @@ pub enum Match {
     Ipv4Daddr(Ipv4Addr),
     IcmpEchoRequest,
     Dport(Proto, u16),
+    /// The destination is an address of this host.
+    FibDaddrLocal,
+    /// IPv4, destination outside this network.
+    Ipv4DaddrNotIn(Ipv4Addr, u8),
+    /// The connection was DNATed.
+    CtStatusDnat,
 }
 
 /// What a rule does when all its conditions hold.
@@ -118,6 +178,8 @@ pub enum Action {
     Accept,
     Drop,
     Masquerade,
+    /// Destination NAT to this address and port.
+    Dnat(Ipv4Addr, u16),
 }
 
 /// One rule of our table.
@@ -142,13 +204,17 @@ impl fmt::Display for Rule {
                 Match::Ipv4Daddr(a) => write!(f, " ip daddr {a}")?,
                 Match::IcmpEchoRequest => write!(f, " icmp type echo-request")?,
                 Match::Dport(p, port) => write!(f, " {p} dport {port}")?,
+                Match::FibDaddrLocal => write!(f, " fib daddr type local")?,
+                Match::Ipv4DaddrNotIn(a, p) => write!(f, " ip daddr != {a}/{p}")?,
+                Match::CtStatusDnat => write!(f, " ct status dnat")?,
             }
         }
-        f.write_str(match self.action {
-            Action::Accept => " accept",
-            Action::Drop => " drop",
-            Action::Masquerade => " masquerade",
-        })
+        match self.action {
+            Action::Accept => f.write_str(" accept"),
+            Action::Drop => f.write_str(" drop"),
+            Action::Masquerade => f.write_str(" masquerade"),
+            Action::Dnat(a, p) => write!(f, " dnat ip to {a}:{p}"),
+        }
     }
 }
 
@@ -294,6 +360,54 @@ impl Match {
                 });
                 v
             }
+            Match::FibDaddrLocal => vec![
+                Expr::FibDaddrType { dreg: NFT_REG_1 },
+                // The address type is a host-endian u32.
+                Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Eq,
+                    data: RTN_LOCAL.to_ne_bytes().to_vec(),
+                },
+            ],
+            Match::Ipv4DaddrNotIn(net, prefix) => {
+                let mut v = nfproto_ipv4().to_vec();
+                v.push(Expr::Payload {
+                    base: NFT_PAYLOAD_NETWORK_HEADER,
+                    offset: 16,
+                    len: 4,
+                    dreg: NFT_REG_1,
+                });
+                v.push(Expr::Bitwise {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    mask: mask_of(*prefix).to_be_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+                v.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Neq,
+                    data: network_of(*net, *prefix).octets().to_vec(),
+                });
+                v
+            }
+            Match::CtStatusDnat => vec![
+                Expr::Ct {
+                    key: NFT_CT_STATUS,
+                    dreg: NFT_REG_1,
+                },
+                // The ct status is a host-endian u32 bit set.
+                Expr::Bitwise {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                },
+                Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: CmpOp::Neq,
+                    data: vec![0; 4],
+                },
+            ],
         }
     }
 }
@@ -302,11 +416,25 @@ impl Rule {
     /// The expressions of the whole rule, verdict last.
     pub fn exprs(&self) -> Vec<Expr> {
         let mut v: Vec<Expr> = self.matches.iter().flat_map(Match::exprs).collect();
-        v.push(match self.action {
-            Action::Accept => Expr::Verdict(NF_ACCEPT),
-            Action::Drop => Expr::Verdict(NF_DROP),
-            Action::Masquerade => Expr::Masq,
-        });
+        match self.action {
+            Action::Accept => v.push(Expr::Verdict(NF_ACCEPT)),
+            Action::Drop => v.push(Expr::Verdict(NF_DROP)),
+            Action::Masquerade => v.push(Expr::Masq),
+            Action::Dnat(addr, port) => {
+                v.push(Expr::Immediate {
+                    dreg: NFT_REG_1,
+                    data: addr.octets().to_vec(),
+                });
+                v.push(Expr::Immediate {
+                    dreg: NFT_REG_2,
+                    data: port.to_be_bytes().to_vec(),
+                });
+                v.push(Expr::Dnat {
+                    addr_reg: NFT_REG_1,
+                    port_reg: NFT_REG_2,
+                });
+            }
+        }
         v
     }
 }
@@ -320,7 +448,9 @@ fn rule(chain: &'static str, matches: Vec<Match>, action: Action) -> Rule {
 }
 
 /// Checks a policy: valid unique bridge names, sane subnets, gateways inside
-/// their subnets, `allow_to` naming bridges of the policy, nonzero ports.
+/// their subnets, `allow_to` naming bridges of the policy, nonzero ports,
+/// forwards to an address on a bridge of the policy and no host port
+/// forwarded twice (per protocol).
 pub fn validate(table: &str, policy: &Policy) -> Result<(), Error> {
     let bad = |reason: String| Error::InvalidPolicy {
         table: table.to_string(),
@@ -357,8 +487,60 @@ pub fn validate(table: &str, policy: &Policy) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks port forwards against a (valid) policy: nonzero ports, the jail's
+/// address on a bridge of the policy (not its gateway or network address),
+/// no host port forwarded twice per protocol.
+pub fn validate_forwards(table: &str, policy: &Policy, forwards: &[Forward]) -> Result<(), Error> {
+    let bad = |reason: String| Error::InvalidPolicy {
+        table: table.to_string(),
+        reason,
+    };
+    let mut host_ports = BTreeSet::new();
+    for f in forwards {
+        if f.host_port == 0 || f.jail_port == 0 {
+            return Err(bad(format!("forward {f}: port 0 cannot be forwarded")));
+        }
+        match bridge_of(policy, f.jail) {
+            None => {
+                return Err(bad(format!(
+                    "forward {f}: {} is on no bridge of this policy",
+                    f.jail
+                )))
+            }
+            Some(b) if f.jail == b.gateway || f.jail == network_of(b.subnet, b.prefix_len) => {
+                return Err(bad(format!(
+                    "forward {f}: {} is not a jail address of bridge {}",
+                    f.jail, b.bridge
+                )))
+            }
+            Some(_) => {}
+        }
+        if !host_ports.insert((f.proto, f.host_port)) {
+            return Err(bad(format!(
+                "{} host port {} is forwarded twice",
+                f.proto, f.host_port
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bridge of the policy whose subnet holds `addr`.
+fn bridge_of(policy: &Policy, addr: Ipv4Addr) -> Option<&BridgePolicy> {
+    policy
+        .bridges
+        .iter()
+        .find(|b| network_of(addr, b.prefix_len) == network_of(b.subnet, b.prefix_len))
+}
+
 /// The rules of a (validated) policy, in chain order.
 pub fn ruleset(policy: &Policy) -> Vec<Rule> {
+    ruleset_with_forwards(policy, &[])
+}
+
+/// The rules of a (validated) policy and its (validated) port forwards, in
+/// chain order.
+pub fn ruleset_with_forwards(policy: &Policy, forwards: &[Forward]) -> Vec<Rule> {
     use Action::*;
     use Match::*;
     let mut rules = Vec::new();
@@ -395,6 +577,45 @@ pub fn ruleset(policy: &Policy) -> Vec<Rule> {
             ));
         }
     }
+    if !forwards.is_empty() {
+        // Into each bridge from elsewhere (the per-bridge rules above
+        // decided traffic from bridges): replies and forwarded connections
+        // only.
+        for b in &policy.bridges {
+            let x = || Oif(b.bridge.clone());
+            rules.push(rule("forward", vec![x(), CtEstablishedRelated], Accept));
+            for f in forwards {
+                if bridge_of(policy, f.jail).map(|o| &o.bridge) != Some(&b.bridge) {
+                    continue;
+                }
+                rules.push(rule(
+                    "forward",
+                    vec![
+                        x(),
+                        CtStatusDnat,
+                        Ipv4Daddr(f.jail),
+                        Dport(f.proto, f.jail_port),
+                    ],
+                    Accept,
+                ));
+            }
+            rules.push(rule("forward", vec![x()], Drop));
+        }
+        let lo = Ipv4Addr::new(127, 0, 0, 0);
+        for chain in [PREROUTING.name, OUTPUT.name] {
+            for f in forwards {
+                rules.push(rule(
+                    chain,
+                    vec![
+                        Ipv4DaddrNotIn(lo, 8),
+                        FibDaddrLocal,
+                        Dport(f.proto, f.host_port),
+                    ],
+                    Dnat(f.jail, f.jail_port),
+                ));
+            }
+        }
+    }
     if policy.uplink_masquerade {
         for b in &policy.bridges {
             let mut m = vec![Ipv4Saddr(b.subnet, b.prefix_len)];
@@ -414,8 +635,10 @@ pub fn replace_batch(table: &str, rules: &[Rule]) -> Batch {
     batch.add_table(table);
     batch.add_chain(table, &INPUT);
     batch.add_chain(table, &FORWARD);
-    if rules.iter().any(|r| r.chain == POSTROUTING.name) {
-        batch.add_chain(table, &POSTROUTING);
+    for chain in [&PREROUTING, &OUTPUT, &POSTROUTING] {
+        if rules.iter().any(|r| r.chain == chain.name) {
+            batch.add_chain(table, chain);
+        }
     }
     for r in rules {
         batch.add_rule(table, r.chain, &r.exprs(), format!("rule {r}"));
@@ -446,9 +669,16 @@ impl Firewall {
     /// Replaces the table's content with `policy`'s rules, atomically (one
     /// netlink batch). Idempotent. Blocking (a netlink round trip).
     pub fn apply(&self, policy: &Policy) -> Result<(), Error> {
+        self.apply_with_forwards(policy, &[])
+    }
+
+    /// [`Firewall::apply`] with port forwards into the policy's bridges:
+    /// the nat chains exist only while `forwards` is not empty.
+    pub fn apply_with_forwards(&self, policy: &Policy, forwards: &[Forward]) -> Result<(), Error> {
         validate_table_name(&self.table)?;
         validate(&self.table, policy)?;
-        let rules = ruleset(policy);
+        validate_forwards(&self.table, policy, forwards)?;
+        let rules = ruleset_with_forwards(policy, forwards);
         tracing::debug!(
             table = self.table,
             rules = rules.len(),
@@ -458,6 +688,7 @@ impl Firewall {
         tracing::info!(
             table = self.table,
             bridges = policy.bridges.len(),
+            forwards = forwards.len(),
             "applied nftables policy"
         );
         Ok(())
@@ -644,6 +875,111 @@ mod tests {
         );
         let r = rule("input", vec![Match::Iif("x".into())], Action::Drop);
         assert_eq!(r.exprs().last(), Some(&Expr::Verdict(NF_DROP)));
+    }
+
+    fn fwd(proto: Proto, host_port: u16, jail: [u8; 4], jail_port: u16) -> Forward {
+        Forward {
+            proto,
+            host_port,
+            jail: Ipv4Addr::from(jail),
+            jail_port,
+        }
+    }
+
+    #[test]
+    fn forwards_dnat_on_local_addresses_and_open_only_their_port() {
+        let p = Policy {
+            bridges: vec![bp("br-a", 1, &[], &[]), bp("br-b", 2, &[], &[])],
+            uplink_masquerade: false,
+        };
+        let f = [fwd(Proto::Tcp, 8080, [10, 88, 1, 5], 80)];
+        validate_forwards("berth", &p, &f).unwrap();
+        let all = ruleset_with_forwards(&p, &f);
+        let text: Vec<String> = all.iter().map(|r| r.to_string()).collect();
+        // The per-bridge rules stay first and unchanged: br-b's jails are
+        // dropped on their way to br-a before any forward rule is seen.
+        assert_eq!(text[..8], super::tests::text(&p)[..8]);
+        assert_eq!(text.len(), super::tests::text(&p).len() + 7);
+        assert!(text.contains(&r#"forward: iifname "br-b" oifname "br-a" drop"#.to_string()));
+        assert_eq!(
+            text[text.len() - 7..],
+            [
+                r#"forward: oifname "br-a" ct state established,related accept"#,
+                r#"forward: oifname "br-a" ct status dnat ip daddr 10.88.1.5 tcp dport 80 accept"#,
+                r#"forward: oifname "br-a" drop"#,
+                r#"forward: oifname "br-b" ct state established,related accept"#,
+                r#"forward: oifname "br-b" drop"#,
+                "prerouting: ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.88.1.5:80",
+                "output: ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.88.1.5:80",
+            ]
+        );
+        // The DNAT puts the address and the port in two registers.
+        let dnat = all.last().unwrap().exprs();
+        assert_eq!(
+            dnat[dnat.len() - 3..],
+            [
+                Expr::Immediate {
+                    dreg: NFT_REG_1,
+                    data: vec![10, 88, 1, 5]
+                },
+                Expr::Immediate {
+                    dreg: NFT_REG_2,
+                    data: vec![0, 80]
+                },
+                Expr::Dnat {
+                    addr_reg: NFT_REG_1,
+                    port_reg: NFT_REG_2
+                },
+            ]
+        );
+        // nat chains only with forwards.
+        assert_eq!(
+            replace_batch("t", &all).len(),
+            3 + 2 + 2 + all.len(),
+            "input, forward, prerouting, output"
+        );
+        assert!(ruleset(&p).iter().all(|r| r.chain != "prerouting"));
+    }
+
+    #[test]
+    fn invalid_forwards_are_refused() {
+        let p = Policy {
+            bridges: vec![bp("br-a", 1, &[], &[])],
+            uplink_masquerade: true,
+        };
+        let cases = [
+            (
+                vec![
+                    fwd(Proto::Tcp, 8080, [10, 88, 1, 5], 80),
+                    fwd(Proto::Tcp, 8080, [10, 88, 1, 6], 81),
+                ],
+                "tcp host port 8080 is forwarded twice",
+            ),
+            (vec![fwd(Proto::Udp, 0, [10, 88, 1, 5], 80)], "port 0"),
+            (vec![fwd(Proto::Udp, 53, [10, 88, 1, 5], 0)], "port 0"),
+            (
+                vec![fwd(Proto::Tcp, 80, [10, 99, 1, 5], 80)],
+                "on no bridge",
+            ),
+            (
+                vec![fwd(Proto::Tcp, 80, [10, 88, 1, 1], 80)],
+                "not a jail address",
+            ),
+        ];
+        for (f, needle) in cases {
+            let err = validate_forwards("berth", &p, &f).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        // The same port over two protocols is two forwards.
+        validate_forwards(
+            "berth",
+            &p,
+            &[
+                fwd(Proto::Tcp, 53, [10, 88, 1, 5], 53),
+                fwd(Proto::Udp, 53, [10, 88, 1, 5], 53),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]

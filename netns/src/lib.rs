@@ -3,7 +3,7 @@
 //!
 //! The crate manages Linux bridges, veth pairs whose peer lives in another
 //! network namespace, addresses and routes inside that namespace, per-bridge
-//! address allocation and an nftables table for NAT egress and isolation. It
+//! address allocation and an nftables table for NAT egress, port forwards and isolation. It
 //! knows nothing of jails or vendors: callers decide which bridge serves whom.
 //!
 //! Layout:
@@ -29,7 +29,7 @@ pub mod sysctl;
 
 pub use alloc::Allocator;
 pub use error::Error;
-pub use firewall::{BridgePolicy, Firewall, Policy, Proto};
+pub use firewall::{BridgePolicy, Firewall, Forward, Policy, Proto};
 pub use link::{Bridge, Net, NsRef, Veth};
 pub use ns::{Netns, DEFAULT_RUNTIME_DIR};
 pub use sysctl::{enable_ipv4_forwarding, ipv4_forwarding, set_ipv4_forwarding};

@@ -91,14 +91,26 @@ const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
 
 /// `NFT_REG_VERDICT` and the first 128-bit data register `NFT_REG_1`.
 const NFT_REG_VERDICT: u32 = 0;
 pub const NFT_REG_1: u32 = 1;
+/// The second 128-bit data register `NFT_REG_2`.
+pub const NFT_REG_2: u32 = 2;
 
 /// Netfilter hooks (`NF_INET_*`).
+pub const NF_INET_PRE_ROUTING: u32 = 0;
 pub const NF_INET_LOCAL_IN: u32 = 1;
 pub const NF_INET_FORWARD: u32 = 2;
+pub const NF_INET_LOCAL_OUT: u32 = 3;
 pub const NF_INET_POST_ROUTING: u32 = 4;
 
 /// Verdicts (`NF_DROP`, `NF_ACCEPT`).
@@ -119,6 +131,23 @@ pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub const NFT_CT_STATE: u32 = 0;
 pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
 pub const CT_STATE_RELATED: u32 = 1 << 2;
+
+/// Conntrack key `NFT_CT_STATUS` and its destination-NAT bit
+/// (`IPS_DST_NAT`, set once a connection was DNATed).
+pub const NFT_CT_STATUS: u32 = 2;
+pub const IPS_DST_NAT: u32 = 1 << 5;
+
+/// NAT types (`NFT_NAT_*`) and the range flag saying the port registers
+/// are given (`NF_NAT_RANGE_PROTO_SPECIFIED`).
+pub const NFT_NAT_DNAT: u32 = 1;
+pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+
+/// fib lookups: the result `NFT_FIB_RESULT_ADDRTYPE`, keyed on the
+/// destination address (`NFTA_FIB_F_DADDR`); a local address has type
+/// `RTN_LOCAL`.
+pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+pub const RTN_LOCAL: u32 = 2;
 
 /// Comparison operators (`NFT_CMP_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +183,14 @@ pub enum Expr {
     Verdict(u32),
     /// Source NAT to the outgoing interface's address.
     Masq,
+    /// Load a constant into a data register.
+    Immediate { dreg: u32, data: Vec<u8> },
+    /// Destination NAT (IPv4) to the address in `addr_reg` and the port in
+    /// `port_reg` (the port flagged as specified).
+    Dnat { addr_reg: u32, port_reg: u32 },
+    /// A routing lookup of the destination address whose address type
+    /// (a host-endian u32, e.g. [`RTN_LOCAL`]) goes to `dreg`.
+    FibDaddrType { dreg: u32 },
 }
 
 impl Expr {
@@ -166,6 +203,9 @@ impl Expr {
             Expr::Ct { .. } => "ct",
             Expr::Verdict(_) => "immediate",
             Expr::Masq => "masq",
+            Expr::Immediate { .. } => "immediate",
+            Expr::Dnat { .. } => "nat",
+            Expr::FibDaddrType { .. } => "fib",
         }
     }
 }
@@ -251,6 +291,22 @@ impl Attrs<'_> {
                     });
                 }
                 Expr::Masq => {}
+                Expr::Immediate { dreg, data } => {
+                    a.put_be32(NFTA_IMMEDIATE_DREG, *dreg);
+                    a.nested(NFTA_IMMEDIATE_DATA, |a| a.put(NFTA_DATA_VALUE, data));
+                }
+                Expr::Dnat { addr_reg, port_reg } => {
+                    a.put_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
+                    a.put_be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4));
+                    a.put_be32(NFTA_NAT_REG_ADDR_MIN, *addr_reg);
+                    a.put_be32(NFTA_NAT_REG_PROTO_MIN, *port_reg);
+                    a.put_be32(NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+                }
+                Expr::FibDaddrType { dreg } => {
+                    a.put_be32(NFTA_FIB_DREG, *dreg);
+                    a.put_be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+                    a.put_be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR);
+                }
             });
         });
     }
@@ -670,6 +726,67 @@ mod tests {
         Attrs(&mut v).expr(&Expr::Masq);
         assert_eq!(v.len(), 4 + 4 + 8);
         assert_eq!(&v[8..13], b"masq\0");
+    }
+
+    /// The (type, payload) attributes directly inside an expression's
+    /// NFTA_EXPR_DATA.
+    fn expr_data(e: &Expr) -> (String, Vec<(u16, Vec<u8>)>) {
+        let mut v = Vec::new();
+        Attrs(&mut v).expr(e);
+        // elem header (4), then the name attribute.
+        let name_len = u16_at(&v, 4) as usize;
+        let name = String::from_utf8(v[8..4 + name_len - 1].to_vec()).unwrap();
+        let mut off = 4 + ((name_len + 3) & !3);
+        assert_eq!(u16_at(&v, off + 2), NFTA_EXPR_DATA | NLA_F_NESTED);
+        let end = off + u16_at(&v, off) as usize;
+        off += 4;
+        let mut attrs = Vec::new();
+        while off < end {
+            let len = u16_at(&v, off) as usize;
+            attrs.push((u16_at(&v, off + 2), v[off + 4..off + len].to_vec()));
+            off += (len + 3) & !3;
+        }
+        (name, attrs)
+    }
+
+    #[test]
+    fn dnat_fib_and_immediate_layouts() {
+        let be = |x: u32| x.to_be_bytes().to_vec();
+        let (name, attrs) = expr_data(&Expr::Dnat {
+            addr_reg: NFT_REG_1,
+            port_reg: NFT_REG_2,
+        });
+        assert_eq!(name, "nat");
+        assert_eq!(
+            attrs,
+            vec![
+                (NFTA_NAT_TYPE, be(NFT_NAT_DNAT)),
+                (NFTA_NAT_FAMILY, be(2)),
+                (NFTA_NAT_REG_ADDR_MIN, be(1)),
+                (NFTA_NAT_REG_PROTO_MIN, be(2)),
+                (NFTA_NAT_FLAGS, be(2)),
+            ]
+        );
+        let (name, attrs) = expr_data(&Expr::FibDaddrType { dreg: NFT_REG_1 });
+        assert_eq!(name, "fib");
+        assert_eq!(
+            attrs,
+            vec![
+                (NFTA_FIB_DREG, be(1)),
+                (NFTA_FIB_RESULT, be(3)),
+                (NFTA_FIB_FLAGS, be(2)),
+            ]
+        );
+        let (name, attrs) = expr_data(&Expr::Immediate {
+            dreg: NFT_REG_2,
+            data: vec![0x1f, 0x90],
+        });
+        assert_eq!(name, "immediate");
+        assert_eq!(attrs[0], (NFTA_IMMEDIATE_DREG, be(2)));
+        // data{ value{ 1f 90 } }: a nested data attribute around the value.
+        assert_eq!(attrs[1].0, NFTA_IMMEDIATE_DATA | NLA_F_NESTED);
+        assert_eq!(&attrs[1].1[2..4], &NFTA_DATA_VALUE.to_ne_bytes());
+        assert_eq!(&attrs[1].1[4..6], &[0x1f, 0x90]);
     }
 
     #[test]

@@ -948,3 +948,183 @@ fn large_policy_applies_in_one_batch() {
     fw.0.remove().unwrap();
     assert!(!fw.0.exists().unwrap());
 }
+
+/// A free TCP port of the host (bound on all addresses, then released).
+fn free_host_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The chains of table `table` (family inet), as `nft` lists them.
+fn nft_table(table: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .output()
+        .expect("nft list table");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "privileged: needs root"]
+async fn port_forward_from_the_gateway_into_a_jail() {
+    preconditions();
+    netns::set_ipv4_forwarding(true).expect("enable forwarding");
+    let net = Net::connect().await.expect("connect");
+
+    // Two vendor bridges with one jail-like namespace each.
+    let (na, nb) = (free_subnet(), free_subnet());
+    let (gwa, gwb) = (host(na, 1), host(nb, 1));
+    let (bra, brb) = (unique("bfA"), unique("bfB"));
+    let _ga = LinkGuard(bra.clone());
+    let _gb = LinkGuard(brb.clone());
+    let bridge_a = net.ensure_bridge(&bra, gwa, 24).await.expect("bridge A");
+    let bridge_b = net.ensure_bridge(&brb, gwb, 24).await.expect("bridge B");
+    let (a1, b1) = (NsGuard::create(), NsGuard::create());
+    let mut guards = Vec::new();
+    let mut addrs = Vec::new();
+    for (ns, bridge, addr) in [(&a1, &bridge_a, host(na, 5)), (&b1, &bridge_b, host(nb, 5))] {
+        let host_if = unique("bfv");
+        guards.push(LinkGuard(host_if.clone()));
+        let v = net
+            .add_veth(bridge, &host_if, "eth0", ns.ns().ns_ref(), addr)
+            .await
+            .expect("add veth");
+        addrs.push(v.addr);
+    }
+    let (ip_a1, ip_b1) = (addrs[0], addrs[1]);
+    // A test host on the "network" side: a namespace behind an interface
+    // that is no vendor bridge, its default route via the host.
+    let nu = free_subnet();
+    let gwu = host(nu, 1);
+    let bru = unique("bfU");
+    let _gu = LinkGuard(bru.clone());
+    let bridge_u = net.ensure_bridge(&bru, gwu, 24).await.expect("uplink");
+    let th = NsGuard::create();
+    let th_if = unique("bfv");
+    guards.push(LinkGuard(th_if.clone()));
+    let th_addr = net
+        .add_veth(&bridge_u, &th_if, "eth0", th.ns().ns_ref(), host(nu, 2))
+        .await
+        .expect("test host veth")
+        .addr;
+
+    // The jail's server, and a second port of the jail that is not
+    // forwarded.
+    let (served, svc) = listen_in(&a1.path(), ip_a1);
+    let (_other, other_svc) = listen_in(&a1.path(), ip_a1);
+    let (hport, unforwarded) = (free_host_port(), free_host_port());
+    assert!(
+        tcp(&th.path(), svc),
+        "precondition missing: the test host cannot reach the jail before any firewall (another firewall on the host?)"
+    );
+    assert_eq!(accept_peer(&served), Some(th_addr));
+    assert!(
+        !tcp(&th.path(), SocketAddrV4::new(gwu, hport)),
+        "host port {hport} answers before any forward"
+    );
+
+    let fw = TableGuard(Firewall::new(&format!("berth_t{}", unique("f"))));
+    let policy = Policy {
+        bridges: vec![
+            bridge_policy(&bra, na, &[], &[]),
+            bridge_policy(&brb, nb, &[], &[]),
+        ],
+        uplink_masquerade: true,
+    };
+    let forwards = [netns::Forward {
+        proto: Proto::Tcp,
+        host_port: hport,
+        jail: ip_a1,
+        jail_port: svc.port(),
+    }];
+    // A host port forwarded twice is refused before anything is sent.
+    let twice = [forwards[0], forwards[0]];
+    let err = fw.0.apply_with_forwards(&policy, &twice).unwrap_err();
+    assert!(err.to_string().contains("forwarded twice"), "{err}");
+    assert!(!fw.0.exists().unwrap());
+
+    fw.0.apply_with_forwards(&policy, &forwards)
+        .expect("apply with a forward");
+    fw.0.apply_with_forwards(&policy, &forwards)
+        .expect("apply with a forward again");
+    let listed = nft_table(fw.0.table());
+    assert!(
+        listed.contains("type nat hook prerouting priority dstnat")
+            && listed.contains("type nat hook output priority -100"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("dnat ip to {ip_a1}:{}", svc.port())),
+        "{listed}"
+    );
+
+    // From the network to the host's address: the jail's server answers,
+    // and sees the test host's own address.
+    assert!(
+        tcp(&th.path(), SocketAddrV4::new(gwu, hport)),
+        "forwarded port unreachable from the test host"
+    );
+    assert_eq!(accept_peer(&served), Some(th_addr), "not the jail's server");
+    // The host itself, on a bridge gateway address (not on loopback).
+    let h = std::net::SocketAddr::V4(SocketAddrV4::new(gwa, hport));
+    assert!(
+        TcpStream::connect_timeout(&h, Duration::from_millis(1500)).is_ok(),
+        "forwarded port unreachable from the host on {gwa}"
+    );
+    assert_eq!(accept_peer(&served), Some(gwa));
+    let lo = std::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, hport));
+    assert!(
+        TcpStream::connect_timeout(&lo, Duration::from_millis(500)).is_err(),
+        "127.0.0.1 is forwarded"
+    );
+    // A port that is not forwarded, and the jail's other port reached
+    // directly, are not open to the network.
+    assert!(!tcp(&th.path(), SocketAddrV4::new(gwu, unforwarded)));
+    assert!(
+        !tcp(&th.path(), other_svc),
+        "the jail's unforwarded port is open to the network"
+    );
+    assert!(
+        !tcp(&th.path(), SocketAddrV4::new(ip_a1, hport)),
+        "the jail reached on the host port directly"
+    );
+    // The other vendor's jail reaches the first neither directly nor
+    // through the forward on its own gateway.
+    assert!(!tcp(&b1.path(), svc), "b1 reached a1 directly");
+    assert!(
+        !tcp(&b1.path(), SocketAddrV4::new(gwb, hport)),
+        "b1 reached a1 through the forwarded port"
+    );
+    assert!(!ping(&b1.path(), ip_a1), "b1 pinged a1");
+    assert_eq!(accept_peer(&served), None, "a blocked connection arrived");
+    // The jail's own egress still works (replies come back into bridge A).
+    let (up_listener, up_svc) = listen_in(&th.path(), th_addr);
+    assert!(tcp(&a1.path(), up_svc), "a1 cannot reach the network");
+    assert_eq!(
+        accept_peer(&up_listener),
+        Some(gwu),
+        "egress not masqueraded"
+    );
+    let _ = ip_b1;
+
+    // Without the forward: the nat chains go and the port is closed.
+    fw.0.apply(&policy).expect("apply without forwards");
+    let listed = nft_table(fw.0.table());
+    assert!(
+        !listed.contains("prerouting") && !listed.contains("chain output"),
+        "{listed}"
+    );
+    assert!(
+        !tcp(&th.path(), SocketAddrV4::new(gwu, hport)),
+        "forward still open after it was removed"
+    );
+    fw.0.apply_with_forwards(&policy, &forwards)
+        .expect("apply with a forward once more");
+    fw.0.remove().expect("remove table");
+    assert!(!fw.0.exists().unwrap());
+    assert!(!nft_tables().contains(fw.0.table()), "{}", nft_tables());
+    assert!(
+        !tcp(&th.path(), SocketAddrV4::new(gwu, hport)),
+        "forward still open after the table was removed"
+    );
+}

@@ -929,8 +929,11 @@ async fn build_and_check(
     let mut j = jail::Jail::create(spec)
         .await
         .map_err(|e| e0(format!("create jail {name}: {e}")))?;
-    // Isolation from other vendors' bridges and NAT egress, before the app
-    // runs.
+    // The plan's port forwards, checked again against the other jails'
+    // now that the jail has its address.
+    jails::record_forwards(&d.layout, name, plan, j.address()).map_err(e0)?;
+    // Isolation from other vendors' bridges, NAT egress and port forwards,
+    // before the app runs.
     jails::refresh_firewall(&d.layout).await;
     // Delivering: start the app.
     transition(it, Stage::Delivering).map_err(|e| e0(e.to_string()))?;

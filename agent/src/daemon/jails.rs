@@ -26,10 +26,21 @@
 //! ```text
 //! jails/<name>/            the jail runtime's per-jail state
 //! net/<bridge>.addrs       vendor bridge address allocators
+//! forwards/<name>          the gateway ports forwarded into a jail
 //! overlay/<name>/          upper and work dirs of a jail's rootfs
 //! data/<vendor>/<jail>/<volume>/   persistent volumes, kept across versions
 //! images/                  the image store
 //! ```
+//!
+//! Port forwards: a plan's `host_ports` are gateway ports forwarded to the
+//! same port of the jail (TCP or UDP), on the gateway's own addresses other
+//! than loopback (its uplink addresses and the vendor bridges' gateway
+//! addresses; see `netns::firewall`). Once a jail exists, its forwards are
+//! recorded in `forwards/<name>` and the firewall is refreshed from every
+//! recorded file; removing the jail (rollback, reset, removal) removes the
+//! file and refreshes it again. A host port is forwarded to one vendor jail
+//! only: a plan asking for a port another jail holds is refused. The
+//! versions of one jail share its ports: the newest version holds them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +91,10 @@ impl Layout {
     /// Bridge allocators.
     pub fn net(&self) -> PathBuf {
         self.state_dir.join(crate::jailcmd::NET_DIR)
+    }
+    /// Recorded port forwards, one file per jail.
+    pub fn forwards(&self) -> PathBuf {
+        self.state_dir.join("forwards")
     }
     /// Overlay dirs of a jail.
     pub fn overlay(&self, name: &str) -> PathBuf {
@@ -289,14 +304,7 @@ pub fn build_spec(
             plan.apps.len()
         ));
     }
-    if !plan.jail.network.host_ports.is_empty() {
-        // Refused rather than ignored: a vendor must not believe a port is
-        // forwarded when it is not.
-        return Err(format!(
-            "the plan forwards {} gateway port(s) into the jail; this gateway does not forward ports yet",
-            plan.jail.network.host_ports.len()
-        ));
-    }
+    check_forwards(layout, plan)?;
     let args = argv(app, image);
     if args.is_empty() {
         return Err(format!(
@@ -442,6 +450,12 @@ pub async fn remove(layout: &Layout, name: &str) {
             }
         }
     }
+    let fwd = layout.forwards().join(name);
+    if let Err(e) = std::fs::remove_file(&fwd) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %fwd.display(), error = %e, "cannot remove port forwards");
+        }
+    }
     let dir = layout.overlay(name);
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -462,13 +476,21 @@ pub async fn gc_bridges(layout: &Layout) {
         let Some(bridge) = f.strip_suffix(".addrs") else {
             continue;
         };
-        // One `lease ADDR OWNER` line per address handed out (netns::alloc);
-        // an unreadable file counts as in use.
-        let leases = std::fs::read_to_string(e.path())
-            .map(|t| t.lines().filter(|l| l.starts_with("lease ")).count())
-            .unwrap_or(usize::MAX);
+        // One `lease ADDR OWNER` line per address handed out and one
+        // `quarantine ADDR LINK` line per address waiting for the veth of a
+        // jail that ended to go (netns::alloc); an unreadable file counts as
+        // in use.
+        let text = std::fs::read_to_string(e.path()).ok();
+        let leases = text.as_deref().map(lease_count).unwrap_or(usize::MAX);
+        let dying = text.as_deref().map(dying_links).unwrap_or_default();
+        // Ports other than those dying veths (which the kernel removes
+        // asynchronously with their jails' namespaces) keep the bridge.
         let ports = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
-            .map(|rd| rd.count())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|p| !dying.iter().any(|d| p.file_name() == d.as_str()))
+                    .count()
+            })
             .unwrap_or(0);
         if leases > 0 || ports > 0 {
             continue;
@@ -485,6 +507,241 @@ pub async fn gc_bridges(layout: &Layout) {
         }
     }
     refresh_firewall(layout).await;
+}
+
+/// The number of `lease` lines of an allocator file.
+fn lease_count(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("lease ")).count()
+}
+
+/// The links named by the `quarantine ADDR LINK` lines of an allocator
+/// file: veths of ended jails the kernel is still removing.
+fn dying_links(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("quarantine "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The gateway ports a plan forwards into its jail: (protocol, port), the
+/// jail's port being the same number.
+fn plan_forwards(plan: &Plan) -> Vec<(netns::Proto, u16)> {
+    plan.jail
+        .network
+        .host_ports
+        .iter()
+        .map(|h| {
+            let proto = match h.protocol {
+                protocol::provision::PortProtocol::Tcp => netns::Proto::Tcp,
+                protocol::provision::PortProtocol::Udp => netns::Proto::Udp,
+            };
+            (proto, h.port)
+        })
+        .collect()
+}
+
+/// One recorded `forwards/<name>` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    /// `VENDOR/JAIL`: the versions of one jail share their ports.
+    owner: String,
+    version: u64,
+    jail: std::net::Ipv4Addr,
+    ports: Vec<(netns::Proto, u16)>,
+}
+
+impl Recorded {
+    fn to_text(&self) -> String {
+        let mut s = format!(
+            "owner {}\nversion {}\njail {}\n",
+            self.owner, self.version, self.jail
+        );
+        for (p, port) in &self.ports {
+            s.push_str(&format!("forward {p} {port}\n"));
+        }
+        s
+    }
+
+    fn parse(text: &str) -> Option<Recorded> {
+        let mut owner = None;
+        let mut version = None;
+        let mut jail = None;
+        let mut ports = Vec::new();
+        for l in text.lines() {
+            let mut t = l.split_whitespace();
+            match (t.next(), t.next(), t.next()) {
+                (Some("owner"), Some(o), None) => owner = Some(o.to_string()),
+                (Some("version"), Some(v), None) => version = v.parse().ok(),
+                (Some("jail"), Some(a), None) => jail = a.parse().ok(),
+                (Some("forward"), Some(p), Some(port)) => {
+                    let proto = match p {
+                        "tcp" => netns::Proto::Tcp,
+                        "udp" => netns::Proto::Udp,
+                        _ => return None,
+                    };
+                    ports.push((proto, port.parse().ok()?));
+                }
+                _ => return None,
+            }
+        }
+        Some(Recorded {
+            owner: owner?,
+            version: version?,
+            jail: jail?,
+            ports,
+        })
+    }
+}
+
+fn owner_of(plan: &Plan) -> String {
+    format!("{}/{}", plan.vendor, plan.jail.name)
+}
+
+/// Every readable `forwards/<name>` file with its jail's name.
+fn recorded_forwards(layout: &Layout) -> Vec<(String, Recorded)> {
+    let Ok(rd) = std::fs::read_dir(layout.forwards()) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, Recorded)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with('.') {
+                return None;
+            }
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            match Recorded::parse(&text) {
+                Some(r) => Some((name, r)),
+                None => {
+                    tracing::warn!(file = %e.path().display(), "unreadable port forwards ignored");
+                    None
+                }
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Serialises the check and the record of forwards between vendors'
+/// workers, so that two plans cannot take one port at once.
+static FORWARDS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Refuses a plan that forwards ports without a network, a port twice, or
+/// a port that another vendor jail holds (the versions of the plan's own
+/// jail may hold it).
+pub fn check_forwards(layout: &Layout, plan: &Plan) -> Result<(), String> {
+    let wanted = plan_forwards(plan);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !plan.jail.network.enabled {
+        return Err(format!(
+            "the plan forwards {} gateway port(s) into a jail without a network",
+            wanted.len()
+        ));
+    }
+    for (i, (p, port)) in wanted.iter().enumerate() {
+        if *port == 0 {
+            return Err(format!("the plan forwards {p} port 0"));
+        }
+        if wanted[..i].contains(&(*p, *port)) {
+            return Err(format!("the plan forwards gateway {p} port {port} twice"));
+        }
+        if *p == netns::Proto::Tcp && layout.broker_port == Some(*port) {
+            return Err(format!(
+                "gateway tcp port {port} is the MQTT broker's; it cannot be forwarded"
+            ));
+        }
+    }
+    let me = owner_of(plan);
+    for (name, r) in recorded_forwards(layout) {
+        if r.owner == me {
+            continue;
+        }
+        if let Some((p, port)) = wanted.iter().find(|w| r.ports.contains(w)) {
+            return Err(format!(
+                "gateway {p} port {port} is already forwarded to another jail ({name}); it cannot be forwarded to this one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Records the ports `plan` forwards into its jail `name` at `addr`, after
+/// checking them again against the other jails' (under a lock). Nothing is
+/// written for a plan without forwards.
+pub fn record_forwards(
+    layout: &Layout,
+    name: &str,
+    plan: &Plan,
+    addr: Option<std::net::Ipv4Addr>,
+) -> Result<(), String> {
+    let ports = plan_forwards(plan);
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let jail = addr.ok_or_else(|| format!("jail {name} has no address to forward ports to"))?;
+    // A poisoned lock only means another worker panicked mid-check; the
+    // files on disk are still whole (written by rename).
+    let _guard = FORWARDS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    check_forwards(layout, plan)?;
+    let dir = layout.forwards();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let r = Recorded {
+        owner: owner_of(plan),
+        version: plan.version,
+        jail,
+        ports,
+    };
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    std::fs::write(&tmp, r.to_text()).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
+/// The forwards of every recorded jail whose address is on one of
+/// `bridges`; of the versions of one jail the newest holds its ports, and a
+/// port two jails claim (which [`record_forwards`] prevents) goes to the
+/// first by name.
+fn active_forwards(layout: &Layout, bridges: &[netns::BridgePolicy]) -> Vec<netns::Forward> {
+    let recorded = recorded_forwards(layout);
+    let on_bridge = |a: std::net::Ipv4Addr| {
+        bridges.iter().any(|b| {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(b.prefix_len))
+                .unwrap_or(0);
+            u32::from(a) & m == u32::from(b.subnet) & m
+        })
+    };
+    let mut out: Vec<netns::Forward> = Vec::new();
+    for (name, r) in &recorded {
+        let newer = recorded
+            .iter()
+            .any(|(_, o)| o.owner == r.owner && o.version > r.version);
+        if newer || !on_bridge(r.jail) {
+            continue;
+        }
+        for (proto, port) in &r.ports {
+            if out
+                .iter()
+                .any(|f| f.proto == *proto && f.host_port == *port)
+            {
+                tracing::warn!(jail = name.as_str(), %proto, port, "port already forwarded; skipped");
+                continue;
+            }
+            out.push(netns::Forward {
+                proto: *proto,
+                host_port: *port,
+                jail: r.jail,
+                jail_port: *port,
+            });
+        }
+    }
+    out
 }
 
 /// Applies NAT egress and isolation between vendor bridges for every
@@ -527,11 +784,12 @@ pub fn apply_firewall(layout: &Layout) -> Result<(), String> {
         // NAT egress needs forwarding (ip(7), ip_forward).
         netns::set_ipv4_forwarding(true).map_err(|e| format!("enable ipv4 forwarding: {e}"))?;
     }
+    let forwards = active_forwards(layout, &bridges);
     let policy = netns::Policy {
         uplink_masquerade: true,
         bridges,
     };
-    fw.apply(&policy)
+    fw.apply_with_forwards(&policy, &forwards)
         .map_err(|e| format!("firewall table {}: {e}", fw.table()))
 }
 
@@ -690,50 +948,114 @@ mod tests {
     }
 
     #[test]
-    fn port_forwards_are_refused_not_ignored() {
-        let mut plan = protocol::provision::Plan {
-            format: protocol::provision::FORMAT,
-            plan_id: "p".into(),
-            version: 1,
-            vendor: "acme".into(),
-            model: "M".into(),
-            serial: "S".into(),
-            jail: protocol::provision::JailPlan {
-                name: "app".into(),
-                mode: protocol::provision::JailMode::CreateOrReuse,
-                resources: protocol::provision::Resources {
-                    memory: 64 << 20,
-                    cpu_millis: 0,
-                    pids: 64,
-                },
-                network: protocol::provision::NetworkPolicy {
-                    enabled: false,
-                    host_ports: vec![protocol::provision::HostPort {
-                        port: 8080,
-                        protocol: protocol::provision::PortProtocol::Tcp,
-                    }],
-                },
-                devices: protocol::provision::DevicePassthrough { serial: false },
-                volumes: vec![],
-            },
-            apps: vec![app()],
-        };
+    fn port_forwards_are_checked_recorded_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
         let layout = Layout {
-            state_dir: PathBuf::from("/tmp/st"),
+            state_dir: dir.path().to_path_buf(),
             cgroup_parent: "berth".into(),
-            broker_port: None,
+            broker_port: Some(1883),
         };
+        let hp = |port, protocol| protocol::provision::HostPort { port, protocol };
+        use protocol::provision::PortProtocol::{Tcp, Udp};
+        let mut plan = plan_of(vec![app()]);
+        plan.jail.network.host_ports = vec![hp(8080, Tcp)];
+        // Without a network there is nothing to forward to.
         let e = build_spec(&layout, "acme-app-1", &plan, &[image()], None).unwrap_err();
-        assert!(e.contains("does not forward ports yet"), "{e}");
-        plan.jail.network.host_ports.clear();
-        let spec = build_spec(&layout, "acme-app-1", &plan, &[image()], None).unwrap();
-        assert_eq!(spec.process.args, ["/bin/app", "--serve"]);
-        assert_eq!(spec.resources.memory_max, Some(64 << 20));
-        assert_eq!(spec.resources.pids_max, Some(64));
-        assert!(
-            spec.devices.is_empty(),
-            "no device without a serial passthrough"
+        assert!(e.contains("without a network"), "{e}");
+        plan.jail.network.enabled = true;
+        for (ports, needle) in [
+            (vec![hp(8080, Tcp), hp(8080, Tcp)], "twice"),
+            (vec![hp(1883, Tcp)], "MQTT broker"),
+            (vec![hp(0, Udp)], "port 0"),
+        ] {
+            let mut p = plan.clone();
+            p.jail.network.host_ports = ports;
+            let e = check_forwards(&layout, &p).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        check_forwards(&layout, &plan).unwrap();
+        let a = std::net::Ipv4Addr::new(10, 213, 7, 5);
+        record_forwards(&layout, "acme-app-1", &plan, Some(a)).unwrap();
+        // Another vendor's jail cannot take the port; the same jail's next
+        // version can, and holds it.
+        let mut other = plan.clone();
+        other.vendor = "globex".into();
+        let e = check_forwards(&layout, &other).unwrap_err();
+        assert_eq!(
+            e,
+            "gateway tcp port 8080 is already forwarded to another jail (acme-app-1); it cannot be forwarded to this one"
         );
+        assert!(record_forwards(&layout, "globex-app-1", &other, Some(a)).is_err());
+        other.jail.network.host_ports = vec![hp(8080, Udp)];
+        check_forwards(&layout, &other).unwrap();
+        let mut next = plan.clone();
+        next.version = 2;
+        let b = std::net::Ipv4Addr::new(10, 213, 7, 6);
+        record_forwards(&layout, "acme-app-2", &next, Some(b)).unwrap();
+        let bridges = [netns::BridgePolicy {
+            bridge: "b".into(),
+            subnet: std::net::Ipv4Addr::new(10, 213, 7, 0),
+            prefix_len: 24,
+            gateway: std::net::Ipv4Addr::new(10, 213, 7, 1),
+            host_ports: vec![],
+            allow_to: vec![],
+        }];
+        let f = netns::Forward {
+            proto: netns::Proto::Tcp,
+            host_port: 8080,
+            jail: b,
+            jail_port: 8080,
+        };
+        assert_eq!(active_forwards(&layout, &bridges), vec![f]);
+        // A jail whose address is on no bridge of the policy forwards
+        // nothing.
+        assert!(active_forwards(&layout, &[]).is_empty());
+        // Removing a jail's file gives the port back.
+        std::fs::remove_file(layout.forwards().join("acme-app-2")).unwrap();
+        assert_eq!(
+            active_forwards(&layout, &bridges),
+            vec![netns::Forward { jail: a, ..f }]
+        );
+        std::fs::remove_file(layout.forwards().join("acme-app-1")).unwrap();
+        check_forwards(&layout, &plan_of(vec![app()])).unwrap();
+        let mut globex = plan.clone();
+        globex.vendor = "globex".into();
+        check_forwards(&layout, &globex).unwrap();
+        // A plan without forwards records nothing.
+        record_forwards(&layout, "x-1", &plan_of(vec![app()]), None).unwrap();
+        assert!(!layout.forwards().join("x-1").exists());
+    }
+
+    #[test]
+    fn recorded_forwards_round_trip() {
+        let r = Recorded {
+            owner: "acme/app".into(),
+            version: 3,
+            jail: std::net::Ipv4Addr::new(10, 1, 2, 3),
+            ports: vec![(netns::Proto::Tcp, 80), (netns::Proto::Udp, 5683)],
+        };
+        assert_eq!(Recorded::parse(&r.to_text()), Some(r));
+        assert_eq!(
+            Recorded::parse("owner a/b\nversion x\njail 10.0.0.1\n"),
+            None
+        );
+        assert_eq!(Recorded::parse("owner a/b\nversion 1\n"), None);
+    }
+
+    #[test]
+    fn dying_veths_do_not_keep_a_bridge() {
+        // The file as netns::alloc writes it: one lease, one address parked
+        // until its link (here `lo`, which exists) goes.
+        let dir = tempfile::tempdir().unwrap();
+        let gw = std::net::Ipv4Addr::new(10, 213, 9, 1);
+        let mut alloc = netns::Allocator::open(dir.path(), "br-x", gw, 24).unwrap();
+        alloc.allocate("j1").unwrap();
+        alloc.allocate("j2").unwrap();
+        alloc.release_after_link("j2", "lo").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("br-x.addrs")).unwrap();
+        assert_eq!(lease_count(&text), 1, "{text}");
+        assert_eq!(dying_links(&text), ["lo"], "{text}");
+        assert!(dying_links("berth-alloc 1\n").is_empty());
     }
 
     #[test]

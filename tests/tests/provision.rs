@@ -2297,3 +2297,129 @@ fn layers_that_escape_the_rootfs_are_refused() {
         drop(daemon);
     }
 }
+
+/// The host's address on its default route (`ip route get`), if it has
+/// one: a non-loopback address of the gateway that is no vendor bridge's.
+fn uplink_address() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "route", "get", "192.0.2.123"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut t = text.split_whitespace();
+    t.find(|w| *w == "src")?;
+    t.next().map(str::to_string)
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_forwarded_gateway_port_reaches_the_app_until_the_jail_goes() {
+    let rig = setup();
+    let port = free_port();
+    let text = format!(
+        r#"vendor = "{vendor}"
+
+[jail]
+name = "app"
+memory_mib = 64
+cpu_millis = 500
+pids = 64
+network = true
+host_ports = ["{port}/tcp"]
+
+[[app]]
+name = "web"
+image = "{image}"
+command = ["/bin/sh", "-c", "echo forwarded > /www/version; exec httpd -f -p {port} -h /www"]
+
+[[app.check]]
+http = {{ port = {port}, path = "/health" }}
+timeout_ms = 10000
+"#,
+        vendor = rig.vendor,
+        image = rig.image,
+    );
+    rig.publish_text(1, &text);
+    let uplink = uplink_address();
+    if let Some(u) = &uplink {
+        assert_eq!(
+            http_get(u, port, "/version"),
+            None,
+            "port {port} answers on {u} before any jail"
+        );
+    }
+    let mut daemon = rig.start_berthd();
+    rig.approve_pending(1);
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.stage_is("running", 1)),
+        "not running: {:?}",
+        devices(&rig.sock)
+    );
+    let jails = rig.jails();
+    let addr: std::net::Ipv4Addr = jails[0]["address"].as_str().unwrap().parse().unwrap();
+    let o = addr.octets();
+    let gateway = format!("{}.{}.{}.1", o[0], o[1], o[2]);
+    // The app answers on the gateway's own addresses: its vendor bridge's
+    // gateway address and its uplink address (not on loopback: see
+    // netns::firewall).
+    assert_eq!(
+        http_get(&gateway, port, "/version").as_deref(),
+        Some("forwarded\n"),
+        "forwarded port on the bridge gateway {gateway}"
+    );
+    if let Some(u) = &uplink {
+        assert_eq!(
+            http_get(u, port, "/version").as_deref(),
+            Some("forwarded\n"),
+            "forwarded port on the uplink address {u}"
+        );
+    }
+    assert_eq!(http_get("127.0.0.1", port, "/version"), None);
+    let table = berth_tests::host::nft_table_name(&rig.state);
+    let listed = run(Command::new("nft").args(["list", "table", "inet", &table]));
+    assert!(
+        listed.contains(&format!("tcp dport {port} dnat ip to {addr}:{port}")),
+        "{listed}"
+    );
+
+    // The jail goes: so does the forward.
+    let name = jails[0]["name"].as_str().unwrap().to_string();
+    let r = api(
+        &rig.sock,
+        serde_json::json!({"op": "jail-reset", "jail": name}),
+    );
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(rig.host_jails(), (0, 0), "reset left a jail behind");
+    assert!(
+        !rig.state.join("forwards").join(&name).exists(),
+        "the jail's forwards are still recorded"
+    );
+    if let Some(u) = &uplink {
+        assert_eq!(
+            http_get(u, port, "/version"),
+            None,
+            "port {port} still forwarded on {u}"
+        );
+    }
+    assert_eq!(http_get(&gateway, port, "/version"), None);
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.contains("dnat"), "{listed}");
+    daemon.stop();
+    rig.remove_jails();
+    for f in [
+        "berthd.redb",
+        "images",
+        "mqtt",
+        "data",
+        "announce-counters",
+        "forwards",
+    ] {
+        let p = rig.state.join(f);
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    rig.env.assert_no_leftovers(&[&rig.vendor]);
+}

@@ -703,12 +703,17 @@ pub fn record_forwards(
     std::fs::rename(&tmp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))
 }
 
-/// The forwards of every recorded jail whose address is on one of
-/// `bridges`; of the versions of one jail the newest holds its ports, and a
+/// The forwards of every recorded jail that exists and whose address is on
+/// one of `bridges`; of the versions of one jail the newest holds its ports, and a
 /// port two jails claim (which [`record_forwards`] prevents) goes to the
 /// first by name.
 fn active_forwards(layout: &Layout, bridges: &[netns::BridgePolicy]) -> Vec<netns::Forward> {
-    let recorded = recorded_forwards(layout);
+    // A jail removed behind berthd's back (`berth jail rm`) forwards
+    // nothing.
+    let recorded: Vec<(String, Recorded)> = recorded_forwards(layout)
+        .into_iter()
+        .filter(|(name, _)| jail::state::jail_dir(&layout.jails(), name).exists())
+        .collect();
     let on_bridge = |a: std::net::Ipv4Addr| {
         bridges.iter().any(|b| {
             let m = u32::MAX
@@ -992,6 +997,9 @@ mod tests {
         next.version = 2;
         let b = std::net::Ipv4Addr::new(10, 213, 7, 6);
         record_forwards(&layout, "acme-app-2", &next, Some(b)).unwrap();
+        for j in ["acme-app-1", "acme-app-2"] {
+            std::fs::create_dir_all(layout.jails().join(j)).unwrap();
+        }
         let bridges = [netns::BridgePolicy {
             bridge: "b".into(),
             subnet: std::net::Ipv4Addr::new(10, 213, 7, 0),
@@ -1010,6 +1018,13 @@ mod tests {
         // A jail whose address is on no bridge of the policy forwards
         // nothing.
         assert!(active_forwards(&layout, &[]).is_empty());
+        // Nor does a recorded jail that is gone.
+        std::fs::remove_dir(layout.jails().join("acme-app-2")).unwrap();
+        assert_eq!(
+            active_forwards(&layout, &bridges),
+            vec![netns::Forward { jail: a, ..f }]
+        );
+        std::fs::create_dir_all(layout.jails().join("acme-app-2")).unwrap();
         // Removing a jail's file gives the port back.
         std::fs::remove_file(layout.forwards().join("acme-app-2")).unwrap();
         assert_eq!(

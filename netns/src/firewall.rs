@@ -29,7 +29,10 @@
 //! - forward, after the per-bridge rules: into bridge X, accept
 //!   established/related and the DNATed connections (`ct status dnat`) to
 //!   a forwarded jail address and port; drop every other new connection
-//!   into X. A jail of another bridge that connects to a forwarded port is
+//!   into X. These rules exist only while there is a forward: without
+//!   one, new connections from a non-bridge interface into a bridge are
+//!   left to the host's routing, as before forwards existed. A jail of
+//!   another bridge that connects to a forwarded port is
 //!   still dropped by its own bridge's isolation rule (unless `allow_to`
 //!   lets it reach X): the vendor isolation holds through forwards too.
 

@@ -507,6 +507,37 @@ mod tests {
         assert!(e.to_string().contains("invalid peer certificate"), "{e}");
     }
 
+    #[test]
+    fn the_registry_names_a_vendor_pin_as_tls_pin() {
+        let key: String = SigningKey::from_bytes(&[1; 32])
+            .verifying_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let pin = format!("sha256:{}", "0f".repeat(32));
+        let text = |pin: &str| {
+            format!(
+                "[[vendor]]\nid = \"acme\"\nurl = \"https://v.example\"\nkey = \"{key}\"\ntls_pin = \"{pin}\"\n"
+            )
+        };
+        let path = std::path::Path::new("/etc/berth/berthd.toml");
+        let c = crate::daemon::config::Config::parse(path, &text(&pin)).unwrap();
+        assert_eq!(
+            c.vendors["acme"].tls_pin,
+            Some(crate::http::KeyPin::parse(&pin).unwrap())
+        );
+        let e = crate::daemon::config::Config::parse(path, &text("sha256:12"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "/etc/berth/berthd.toml:5: vendor \"acme\" tls_pin: invalid key pin `sha256:12`"
+            ),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn an_unreachable_vendor_is_a_retryable_transport_error() {
         let acme = SigningKey::from_bytes(&[1; 32]);

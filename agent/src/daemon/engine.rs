@@ -246,6 +246,23 @@ impl Daemon {
         self.store.call(move |s| s.put(&it, audit)).await
     }
 
+    /// Commits `it` (and `audit`) only while it is still stored; see
+    /// [`Store::put_existing`]. Returns whether it was written.
+    async fn put_update(&self, it: &Item, audit: Option<AuditEntry>) -> Result<bool, StoreError> {
+        let it = it.clone();
+        let (id, written) = (
+            it.id,
+            self.store.call(move |s| s.put_existing(&it, audit)).await?,
+        );
+        if !written {
+            tracing::info!(
+                id,
+                "device removed while its plan was fetched; update dropped"
+            );
+        }
+        Ok(written)
+    }
+
     /// Commits `it` (and `audit`) with `report` owed to its vendor, in one
     /// transaction, then wakes the reporter.
     async fn put_owing(
@@ -706,7 +723,7 @@ async fn accept_plan(
         if plan.version <= cur {
             // Same version (or the guard's own): remember the ETag only.
             it.etag = etag;
-            return d.put(&it, None).await;
+            return d.put_update(&it, None).await.map(drop);
         }
     }
     it.candidate = Some(sp.bytes.clone());
@@ -741,7 +758,11 @@ async fn accept_plan(
                 who = who.as_str(),
                 "approved"
             );
-            d.put(&it, Some(a)).await?;
+            if update {
+                d.put_update(&it, Some(a)).await?;
+            } else {
+                d.put(&it, Some(a)).await?;
+            }
         }
         None => {
             transition(&mut it, Stage::AwaitingApproval).map_err(bad)?;

@@ -269,6 +269,29 @@ impl Store {
         audit: Option<AuditEntry>,
         report: Option<Vec<u8>>,
     ) -> Result<Option<u64>, StoreError> {
+        self.write_item(item, audit, report, false)
+            .map(Option::flatten)
+    }
+
+    /// [`Store::put`], but only while the item is still stored: a writer
+    /// holding a copy read before an `await` (the update poller) must not
+    /// bring back an item that was removed meanwhile (`berth jail reset`).
+    /// Returns whether it was written.
+    pub fn put_existing(&self, item: &Item, audit: Option<AuditEntry>) -> Result<bool, StoreError> {
+        self.write_item(item, audit, None, true)
+            .map(|w| w.is_some())
+    }
+
+    /// Writes `item` (with `audit` and an owed `report`) in one
+    /// transaction; `None` when `must_exist` and the item is not stored,
+    /// in which case nothing is written.
+    fn write_item(
+        &self,
+        item: &Item,
+        audit: Option<AuditEntry>,
+        report: Option<Vec<u8>>,
+        must_exist: bool,
+    ) -> Result<Option<Option<u64>>, StoreError> {
         let key = item.key();
         let bytes = serde_json::to_vec(item).map_err(|e| StoreError::Record {
             path: self.path.clone(),
@@ -279,6 +302,15 @@ impl Store {
         let tx = self.db.begin_write().map_err(self.err("begin"))?;
         {
             let mut items = tx.open_table(ITEMS).map_err(self.err("open items"))?;
+            if must_exist
+                && items
+                    .get(key.as_str())
+                    .map_err(self.err("read item"))?
+                    .is_none()
+            {
+                // Dropping the transaction aborts it: nothing is written.
+                return Ok(None);
+            }
             items
                 .insert(key.as_str(), bytes.as_slice())
                 .map_err(self.err("write item"))?;
@@ -317,7 +349,7 @@ impl Store {
             }
         }
         tx.commit().map_err(self.err("commit"))?;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// Reports owed to vendors, oldest first, with their sequence numbers.
@@ -565,6 +597,32 @@ mod tests {
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].decision, "approve");
         assert_eq!(log[0].who, "uid=0 pid=1");
+    }
+
+    #[test]
+    fn a_removed_item_is_not_brought_back_by_a_stale_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let id = s.next_id().unwrap();
+        let mut it = Item::new(id, device("s1"));
+        transition(&mut it, Stage::Requested).unwrap();
+        s.put(&it, None).unwrap();
+        let mut stale = s.item_by_id(id).unwrap().unwrap();
+        assert!(
+            s.put_existing(&stale, None).unwrap(),
+            "a stored item is updated"
+        );
+        s.remove(&it, entry(id, "reset")).unwrap();
+        stale.etag = Some("\"v1\"".into());
+        assert!(!s.put_existing(&stale, Some(entry(id, "approve"))).unwrap());
+        assert!(
+            s.item_by_id(id).unwrap().is_none(),
+            "the removed item stays removed"
+        );
+        assert!(s.items().unwrap().is_empty());
+        let log = s.audit_log().unwrap();
+        assert_eq!(log.len(), 1, "nothing of the refused write lands: {log:?}");
+        assert_eq!(log[0].decision, "reset");
     }
 
     #[test]

@@ -88,6 +88,10 @@ fn read_plan() -> Result<InitPlan, StepError> {
 }
 
 fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
+    // Lead a session of its own: a signal aimed at the creator's process
+    // group (Ctrl-C in a terminal, `kill -- -PGID` of the agent) must not
+    // reach the jail. `berth jail run` forwards the signals it gets itself.
+    let _ = nix::unistd::setsid();
     let status = fs::File::from(sys::own_fd(FD_EXTRA));
     // The payload must not inherit (and forge) its own exit record.
     if let Err(e) = nix::fcntl::fcntl(

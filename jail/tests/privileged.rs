@@ -450,6 +450,37 @@ fn stop_is_quick_when_payload_honours_term() {
 
 #[test]
 #[ignore = "privileged: needs root"]
+fn init_leads_a_session_of_its_own() {
+    let env = Env::new();
+    let spec = env.spec(&unique("sess"), "sleep 1000");
+    let spec2 = spec.clone();
+    rt().block_on(async move {
+        let mut j = Jail::create(spec2).await.unwrap();
+        j.start().await.unwrap();
+        let pid = j.pid().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the parenthesised comm: state ppid pgrp session ...
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<i32> = rest
+            .split(' ')
+            .skip(2)
+            .take(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(
+            f,
+            vec![pid, pid],
+            "init's process group and session: {stat}"
+        );
+        assert_ne!(nix::unistd::getpgrp().as_raw(), pid);
+        j.stop(Duration::from_secs(2)).await.unwrap();
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
 fn init_killed_from_outside_then_adopt_and_delete_cleans() {
     let env = Env::new();
     let spec = env.spec(&unique("kill"), "sleep 1000 & sleep 1000");

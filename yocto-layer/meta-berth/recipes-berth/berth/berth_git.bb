@@ -69,5 +69,6 @@ do_install:append() {
 FILES:${PN} += "${systemd_system_unitdir}/berthd.service ${localstatedir}/lib/berth"
 CONFFILES:${PN} = "${sysconfdir}/berth/berthd.toml ${sysconfdir}/berth/rules.toml ${sysconfdir}/berth/board.toml"
 
-RDEPENDS:${PN} += "iproute2"
+# ca-certificates: HTTPS registries are trusted through the system CA bundle.
+RDEPENDS:${PN} += "ca-certificates iproute2"
 RRECOMMENDS:${PN} += "nftables"

@@ -108,6 +108,16 @@ pub enum JailCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Dispose of a jail berthd manages and provision it anew from the
+    /// current plan (asks berthd; the same as `berth jail-reset`).
+    Reset {
+        /// Jail name.
+        #[arg(value_parser = parse_name)]
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a jail's resource usage.
     Stats {
         /// Jail name.
@@ -488,6 +498,17 @@ mod tests {
         .unwrap();
         assert_eq!(cli.state_dir, Some(PathBuf::from("/x")));
         assert_eq!(cli.cgroup_parent, "p/q");
+    }
+
+    #[test]
+    fn jail_reset_names_a_jail() {
+        let cli = Cli::try_parse_from(["berth", "jail", "reset", "acme-meter", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Jail(JailCommand::Reset { ref name, json: true }) if name == "acme-meter"
+        ));
+        assert!(Cli::try_parse_from(["berth", "jail", "reset", "Bad/Name"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "jail", "reset"]).is_err());
     }
 
     #[test]

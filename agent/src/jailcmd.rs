@@ -211,6 +211,10 @@ fn jail_err(e: jail::Error) -> CliError {
 
 async fn dispatch(ctx: &Ctx, cmd: JailCommand) -> Result<ExitCode, CliError> {
     match cmd {
+        // The berth binary sends it to berthd before it gets here.
+        JailCommand::Reset { name, .. } => Err(CliError::Jail(format!(
+            "jail '{name}' is berthd's: reset it through berthd (berth jail reset)"
+        ))),
         JailCommand::Run(a) => {
             let name = a.name.clone().unwrap_or_else(generated_name);
             cmd_run(ctx, &name, &a.opts, &a.cmd).await

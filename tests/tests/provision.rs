@@ -2382,13 +2382,15 @@ timeout_ms = 10000
         "{listed}"
     );
 
-    // The jail goes: so does the forward.
+    // The jail goes (the technician's `berth jail reset`): so does the
+    // forward.
     let name = jails[0]["name"].as_str().unwrap().to_string();
-    let r = api(
-        &rig.sock,
-        serde_json::json!({"op": "jail-reset", "jail": name}),
-    );
-    assert_eq!(r["result"], "ok", "{r}");
+    let out = run(Command::new(require_bin("berth"))
+        .arg("--state-dir")
+        .arg(&rig.state)
+        .args(["jail", "reset", &name, "--json"]));
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["jail"], name.as_str(), "{r}");
     assert_eq!(rig.host_jails(), (0, 0), "reset left a jail behind");
     assert!(
         !rig.state.join("forwards").join(&name).exists(),

@@ -54,6 +54,13 @@ fn main() -> ExitCode {
         command,
     } = cli;
     match command {
+        // A jail of berthd's: berthd disposes of it and provisions anew.
+        Command::Jail(agent::cli::JailCommand::Reset { name, json }) => {
+            let state_dir =
+                state_dir.unwrap_or_else(|| agent::daemon::config::DEFAULT_STATE_DIR.into());
+            let cmd = agent::daemon::cli::DaemonCommand::JailReset { jail: name, json };
+            agent::daemon::cli::main(cmd, &state_dir)
+        }
         Command::Jail(cmd) => {
             let state_dir = state_dir.unwrap_or_else(|| agent::cli::DEFAULT_STATE_DIR.into());
             agent::jailcmd::main(&state_dir, &cgroup_parent, cmd)

@@ -71,11 +71,17 @@ pub enum DaemonCommand {
     Logs {
         /// Jail name
         jail: String,
+        /// Print JSON (the log as one string) instead of the text
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a jail and forget its plan (the device is provisioned anew)
     JailReset {
         /// Jail name
         jail: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -180,8 +186,8 @@ pub fn request_of(cmd: &DaemonCommand) -> Request {
         DaemonCommand::Devices { .. } => Request::Devices,
         DaemonCommand::Jails { .. } => Request::Jails,
         DaemonCommand::Status { .. } => Request::Status,
-        DaemonCommand::Logs { jail } => Request::Logs { jail: jail.clone() },
-        DaemonCommand::JailReset { jail } => Request::JailReset { jail: jail.clone() },
+        DaemonCommand::Logs { jail, .. } => Request::Logs { jail: jail.clone() },
+        DaemonCommand::JailReset { jail, .. } => Request::JailReset { jail: jail.clone() },
     }
 }
 
@@ -238,7 +244,9 @@ pub fn render(cmd: &DaemonCommand, data: &Value, out: &mut dyn Write) -> std::io
         DaemonCommand::Pending { json: true }
         | DaemonCommand::Devices { json: true }
         | DaemonCommand::Jails { json: true }
-        | DaemonCommand::Status { json: true } => json(out),
+        | DaemonCommand::Status { json: true }
+        | DaemonCommand::Logs { json: true, .. }
+        | DaemonCommand::JailReset { json: true, .. } => json(out),
         DaemonCommand::Pending { .. } => table(
             out,
             data,
@@ -298,7 +306,7 @@ pub fn render(cmd: &DaemonCommand, data: &Value, out: &mut dyn Write) -> std::io
         DaemonCommand::Pair { vendor, .. } => {
             writeln!(out, "pairing {vendor} until {}", s(data, "until_rfc3339"))
         }
-        DaemonCommand::JailReset { jail } => writeln!(out, "reset jail {jail}"),
+        DaemonCommand::JailReset { jail, .. } => writeln!(out, "reset jail {jail}"),
     }
 }
 
@@ -352,6 +360,30 @@ mod tests {
                 jail: "acme-meter".into()
             }
         );
+        assert_eq!(
+            parse(&["logs", "acme-meter", "--json"]).unwrap(),
+            DaemonCommand::Logs {
+                jail: "acme-meter".into(),
+                json: true
+            }
+        );
+    }
+
+    #[test]
+    fn logs_and_reset_print_json_when_asked() {
+        let mut out = Vec::new();
+        let cmd = parse(&["logs", "m", "--json"]).unwrap();
+        render(&cmd, &Value::String("a\"b\n".into()), &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\n\"\n");
+        let mut out = Vec::new();
+        let cmd = parse(&["jail-reset", "m", "--json"]).unwrap();
+        let data = serde_json::json!({"jail": "m", "request": 3});
+        render(&cmd, &data, &mut out).unwrap();
+        let back: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, data);
+        let mut out = Vec::new();
+        render(&parse(&["jail-reset", "m"]).unwrap(), &data, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "reset jail m\n");
     }
 
     #[test]

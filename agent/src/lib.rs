@@ -25,3 +25,23 @@ pub use error::CliError;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a command that failed while acting.
 pub const EXIT_FAILURE: u8 = 1;
+
+/// Logs to stderr at `default` level and up, or as `RUST_LOG` says, given
+/// as `level` or `target=level,...` (tracing's `Targets`: no span or field
+/// filters, so no regex engine in the binaries).
+pub fn init_logging(default: tracing::Level) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(default));
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(filter)
+        .init();
+}

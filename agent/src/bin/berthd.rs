@@ -81,26 +81,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    // RUST_LOG as `level` or `target=level,...` (tracing's Targets: no
-    // span or field filters, so no regex engine in the binary).
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-        });
-    {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .finish()
-            .with(filter)
-            .init();
-    }
+    agent::init_logging(tracing::Level::INFO);
     if let Some(board) = &board {
         if let Err(missing) = check_board(board, &config) {
             eprintln!("berthd: error: {missing}");

@@ -272,6 +272,7 @@ pub fn render(cmd: &DaemonCommand, data: &Value, out: &mut dyn Write) -> std::io
                 ("PLAN", "plan_id", 16),
                 ("VERSION", "version", 7),
                 ("JAIL", "jail", 16),
+                ("PULL", "pull", 22),
                 ("ERROR", "error", 0),
             ],
         ),

@@ -99,6 +99,8 @@ pub struct Daemon {
     started: u64,
     /// Wakes the reporter when a report is owed.
     report_wake: Notify,
+    /// Image pulls in progress, for `berth devices`.
+    pulls: super::pulls::Pulls,
 }
 
 /// Runs the daemon until `shutdown` turns true; then stops every task and
@@ -144,6 +146,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         shutdown: shutdown.clone(),
         started: now_secs(),
         report_wake: Notify::new(),
+        pulls: super::pulls::Pulls::default(),
     });
 
     recover(&d).await?;
@@ -917,23 +920,32 @@ async fn build_and_check(
     if plan.apps.is_empty() {
         return Err(e0("the plan has no app".into()));
     }
-    let opts = PullOptions::default();
-    let mut images: Vec<crate::image::ImageRootfs> = Vec::with_capacity(plan.apps.len());
-    for (i, app) in plan.apps.iter().enumerate() {
-        if let Some(j) = plan.apps[..i].iter().position(|a| a.image == app.image) {
-            let same = images[j].clone();
-            images.push(same);
-            continue;
+    let opts = PullOptions {
+        progress: Some(d.pulls.meter(it.id)),
+        ..PullOptions::default()
+    };
+    let pulled = async {
+        let mut images: Vec<crate::image::ImageRootfs> = Vec::with_capacity(plan.apps.len());
+        for (i, app) in plan.apps.iter().enumerate() {
+            if let Some(j) = plan.apps[..i].iter().position(|a| a.image == app.image) {
+                let same = images[j].clone();
+                images.push(same);
+                continue;
+            }
+            let reference = Reference::parse(app.image.as_str())
+                .map_err(|e| e0(format!("image {} of app {}: {e}", app.image, app.name)))?;
+            let image =
+                tokio::time::timeout(Duration::from_secs(600), d.images.pull(&reference, &opts))
+                    .await
+                    .map_err(|_| e0(format!("pulling {} timed out", app.image)))?
+                    .map_err(|e| e0(format!("pull {} (app {}): {e}", app.image, app.name)))?;
+            images.push(image);
         }
-        let reference = Reference::parse(app.image.as_str())
-            .map_err(|e| e0(format!("image {} of app {}: {e}", app.image, app.name)))?;
-        let image =
-            tokio::time::timeout(Duration::from_secs(600), d.images.pull(&reference, &opts))
-                .await
-                .map_err(|_| e0(format!("pulling {} timed out", app.image)))?
-                .map_err(|e| e0(format!("pull {} (app {}): {e}", app.image, app.name)))?;
-        images.push(image);
+        Ok(images)
     }
+    .await;
+    d.pulls.finish(it.id);
+    let images = pulled?;
     let serial = if plan.jail.devices.serial && it.device.transport == "serial" {
         Some(
             jails::host_device(Path::new(&it.device.address))
@@ -1391,7 +1403,18 @@ async fn handle_inner(d: &Arc<Daemon>, peer: Peer, req: Request) -> Result<Respo
         }
         Request::Devices => {
             let items = d.store.call(|s| s.items()).await?;
-            ok(json!(items.iter().map(item_json).collect::<Vec<_>>()))
+            let rows: Vec<_> = items
+                .iter()
+                .map(|i| {
+                    let mut v = item_json(i);
+                    if let Some((done, total)) = d.pulls.get(i.id) {
+                        v["pull"] = json!(super::pulls::describe(done, total));
+                        v["pull_bytes"] = json!({ "done": done, "total": total });
+                    }
+                    v
+                })
+                .collect();
+            ok(json!(rows))
         }
         Request::Jails => {
             let items = d.store.call(|s| s.items()).await?;

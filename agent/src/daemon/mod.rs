@@ -29,6 +29,7 @@ pub mod detect;
 pub mod engine;
 pub mod jails;
 pub mod notify;
+pub mod pulls;
 pub mod routing;
 pub mod state;
 pub mod store;

@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::image::{Phase, Progress, ProgressFn};
 
+/// One pull: bytes done and in all, by blob digest.
+type Blobs = BTreeMap<String, (u64, u64)>;
+
 /// The pulls in progress, by request id; cheap to clone (shared).
 #[derive(Debug, Default, Clone)]
-pub struct Pulls(Arc<Mutex<BTreeMap<u64, BTreeMap<String, (u64, u64)>>>>);
+pub struct Pulls(Arc<Mutex<BTreeMap<u64, Blobs>>>);
 
 impl Pulls {
     /// A progress callback recording the pull of request `id`.

@@ -184,9 +184,24 @@ impl Allocator {
                 }
             };
         }
+        // A link name exists once at a time: an address parked earlier for
+        // `link` waited for an earlier link of that name (a jail of the same
+        // name), which was gone before this one could be created. It is free.
+        let stale: Vec<Ipv4Addr> = self
+            .quarantine
+            .iter()
+            .filter(|(_, l)| l.as_str() == link)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &stale {
+            self.quarantine.remove(a);
+        }
         self.quarantine.insert(addr, link.to_string());
         if let Err(e) = self.persist() {
             self.quarantine.remove(&addr);
+            for a in stale {
+                self.quarantine.insert(a, link.to_string());
+            }
             self.leases.insert(owner.to_string(), addr);
             return Err(e);
         }
@@ -653,6 +668,27 @@ mod tests {
         let text = fs::read_to_string(a.path()).unwrap();
         assert!(text.starts_with("berth-addrs 1\n"), "{text}");
         assert_eq!(reopen().lookup("b"), Some(only));
+    }
+
+    #[test]
+    fn a_link_parked_again_frees_what_its_earlier_namesake_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        let mut a = open(dir.path()).with_links_dir(links.path());
+        let first = a.allocate("j").unwrap();
+        fs::write(links.path().join("bj-same"), b"").unwrap();
+        a.release_after_link("j", "bj-same").unwrap();
+        // The same jail again: its veth of the same name could only be
+        // created once the first was gone; it is still there when released.
+        let second = a.allocate("j").unwrap();
+        assert_ne!(second, first, "the parked address is not handed out");
+        a.release_after_link("j", "bj-same").unwrap();
+        assert_eq!(
+            a.quarantined().collect::<Vec<_>>(),
+            vec![(second, "bj-same")]
+        );
+        let text = fs::read_to_string(a.path()).unwrap();
+        assert_eq!(text.matches("quarantine ").count(), 1, "{text}");
     }
 
     #[test]

@@ -141,6 +141,20 @@ async fn link_by_name(
     }
 }
 
+/// The fixed MAC address of bridge `name`: locally administered, unicast,
+/// from a hash of the name. A bridge given an address keeps it; one
+/// without takes the lowest address of its ports and changes it as ports
+/// come and go, and a jail that cached the gateway's old address then
+/// cannot answer the host until its neighbour entry expires.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a, 64 bits.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
+}
+
 fn is_bridge(msg: &LinkMessage) -> bool {
     msg.attributes.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos
@@ -250,7 +264,10 @@ impl Net {
             }
             Some(_) => return Err(Error::NotABridge(name.to_string())),
             None => {
-                match h.link().add(LinkBridge::new(name).build()).execute().await {
+                let msg = LinkBridge::new(name)
+                    .address(bridge_mac(name).to_vec())
+                    .build();
+                match h.link().add(msg).execute().await {
                     Ok(()) => tracing::info!(bridge = name, "created bridge"),
                     // Created concurrently: the lookup below checks its kind.
                     Err(e) if errno(&e) == Some(Errno::EEXIST) => {}
@@ -539,6 +556,14 @@ mod tests {
             prefix_len: p,
             index: 0,
         }
+    }
+
+    #[test]
+    fn bridge_macs_are_local_unicast_stable_and_per_name() {
+        let a = bridge_mac("berth-acme");
+        assert_eq!(a[0], 0x02, "locally administered, unicast");
+        assert_eq!(a, bridge_mac("berth-acme"));
+        assert_ne!(a, bridge_mac("berth-acmf"));
     }
 
     #[test]

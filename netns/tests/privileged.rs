@@ -627,7 +627,25 @@ async fn veth_into_namespace_of_a_pid() {
         ping(&ns2.path(), host(subnet, 9)),
         "pidfd jail cannot reach the pid jail"
     );
+    // The bridge keeps its own address whatever ports come and go, so the
+    // jails' cached gateway address stays right.
+    let mac = netns::link::bridge_mac(&br)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let sysfs = format!("/sys/class/net/{br}/address");
+    assert_eq!(std::fs::read_to_string(&sysfs).unwrap().trim(), mac);
     drop(sleeper2);
+    drop(ns2);
+    // The second jail's veth goes with its namespace; the address stays.
+    let t0 = std::time::Instant::now();
+    while Path::new(&format!("/sys/class/net/{host_if2}")).exists()
+        && t0.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&sysfs).unwrap().trim(), mac);
     // The process is gone: its pidfd no longer leads to a namespace.
     let other2 = unique("btq");
     let _go2 = LinkGuard(other2.clone());

@@ -228,6 +228,30 @@ fn ifname_data(name: &str) -> Vec<u8> {
     v
 }
 
+/// IPv4 packets whose address at header `offset` (12 source, 16
+/// destination), masked to `prefix`, compares with `op` to `net`'s network.
+fn ipv4_in_net(offset: u32, net: Ipv4Addr, prefix: u8, op: CmpOp) -> Vec<Expr> {
+    let mut v = nfproto_ipv4().to_vec();
+    v.push(Expr::Payload {
+        base: NFT_PAYLOAD_NETWORK_HEADER,
+        offset,
+        len: 4,
+        dreg: NFT_REG_1,
+    });
+    v.push(Expr::Bitwise {
+        sreg: NFT_REG_1,
+        dreg: NFT_REG_1,
+        mask: mask_of(prefix).to_be_bytes().to_vec(),
+        xor: vec![0; 4],
+    });
+    v.push(Expr::Cmp {
+        sreg: NFT_REG_1,
+        op,
+        data: network_of(net, prefix).octets().to_vec(),
+    });
+    v
+}
+
 fn nfproto_ipv4() -> [Expr; 2] {
     [
         Expr::Meta {
@@ -297,27 +321,8 @@ impl Match {
                     },
                 ]
             }
-            Match::Ipv4Saddr(net, prefix) => {
-                let mut v = nfproto_ipv4().to_vec();
-                v.push(Expr::Payload {
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: 12,
-                    len: 4,
-                    dreg: NFT_REG_1,
-                });
-                v.push(Expr::Bitwise {
-                    sreg: NFT_REG_1,
-                    dreg: NFT_REG_1,
-                    mask: mask_of(*prefix).to_be_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                v.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Eq,
-                    data: network_of(*net, *prefix).octets().to_vec(),
-                });
-                v
-            }
+            // Source address at offset 12 of the IPv4 header.
+            Match::Ipv4Saddr(net, prefix) => ipv4_in_net(12, *net, *prefix, CmpOp::Eq),
             Match::Ipv4Daddr(a) => {
                 let mut v = nfproto_ipv4().to_vec();
                 v.push(Expr::Payload {
@@ -372,27 +377,8 @@ impl Match {
                     data: RTN_LOCAL.to_ne_bytes().to_vec(),
                 },
             ],
-            Match::Ipv4DaddrNotIn(net, prefix) => {
-                let mut v = nfproto_ipv4().to_vec();
-                v.push(Expr::Payload {
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: 16,
-                    len: 4,
-                    dreg: NFT_REG_1,
-                });
-                v.push(Expr::Bitwise {
-                    sreg: NFT_REG_1,
-                    dreg: NFT_REG_1,
-                    mask: mask_of(*prefix).to_be_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                v.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: CmpOp::Neq,
-                    data: network_of(*net, *prefix).octets().to_vec(),
-                });
-                v
-            }
+            // Destination address at offset 16.
+            Match::Ipv4DaddrNotIn(net, prefix) => ipv4_in_net(16, *net, *prefix, CmpOp::Neq),
             Match::CtStatusDnat => vec![
                 Expr::Ct {
                     key: NFT_CT_STATUS,

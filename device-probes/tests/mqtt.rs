@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use common::*;
@@ -25,27 +25,7 @@ fn broker(dir: &Path, port: u16) -> Peer {
         &conf,
         &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     );
-    let peer = Peer::spawn(
-        "mosquitto",
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until(Duration::from_secs(10), "mosquitto listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    peer
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mosquitto(&conf, port)
 }
 
 /// Publishes each `(topic, payload, retain)` at QoS 1 and waits for the

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -95,27 +95,7 @@ fn tls_broker(dir: &Path, pki: &Pki, port: u16) -> Peer {
             pki.server_key.display()
         ),
     );
-    let peer = Peer::spawn(
-        "mosquitto",
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until(Duration::from_secs(10), "mosquitto tls listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    peer
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mosquitto(&conf, port)
 }
 
 fn cbor_announce(serial: &str, counter: u64) -> Vec<u8> {

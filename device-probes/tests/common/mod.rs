@@ -358,3 +358,30 @@ pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts mosquitto with config file `conf` and waits until it accepts
+/// connections on 127.0.0.1:`port`.
+pub fn mosquitto(conf: &Path, port: u16) -> Peer {
+    let peer = Peer::spawn(
+        "mosquitto",
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until(Duration::from_secs(10), "mosquitto listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    peer
+}

@@ -517,7 +517,7 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
         "unshare cgroup namespace".into()
     })?;
     // The jail's own network namespace: loopback up (a networked jail's
-    // veth was configured by the parent before it let init go).
+    // veth is configured by the parent meanwhile, before `start`).
     step(sys::loopback_up(), || "bring up lo".into())?;
     // Nothing we mount may propagate back to the host.
     mnt(
@@ -760,9 +760,20 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
     Ok(fifo)
 }
 
-/// Minimal /dev on tmpfs: standard nodes bound from the host (works in a
-/// user namespace, where mknod is refused), devpts with its own ptmx,
-/// /dev/shm, the std symlinks, and the spec's devices.
+/// The standard nodes of a jail's /dev: name, major, minor (the kernel's
+/// Documentation/admin-guide/devices.txt).
+const STD_NODES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Minimal /dev on tmpfs: the standard nodes (made with mknod, or bound
+/// from the host in a user namespace, where mknod is refused), devpts
+/// with its own ptmx, /dev/shm, the std symlinks, and the spec's devices.
 fn setup_dev(root: &OwnedFd, plan: &CreatePlan) -> Result<(), StepError> {
     let dev = ensure_in_root(root, "/dev", Kind::Dir)?;
     mnt_at(
@@ -777,7 +788,7 @@ fn setup_dev(root: &OwnedFd, plan: &CreatePlan) -> Result<(), StepError> {
     // its fd path are safe.
     let dev = reopen_in_root(root, "/dev")?;
     let at = |name: &str| dev.path.join(name);
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    let bind_host = |name: &str| {
         let host = format!("/dev/{name}");
         step(fs::File::create(at(name)), || format!("create /dev/{name}"))?;
         step(
@@ -789,7 +800,34 @@ fn setup_dev(root: &OwnedFd, plan: &CreatePlan) -> Result<(), StepError> {
                 None::<&str>,
             ),
             || format!("mount bind {host} on /dev/{name}"),
-        )?;
+        )
+    };
+    for (name, major, minor) in STD_NODES {
+        if plan.userns {
+            // mknod is refused in a user namespace: bind the host node.
+            bind_host(name)?;
+            continue;
+        }
+        // A node of our own: one mknod instead of a file and a bind mount
+        // (less setup time, and no mount charged to the jail).
+        let path = at(name);
+        match nix::sys::stat::mknod(
+            &path,
+            SFlag::S_IFCHR,
+            FileMode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        ) {
+            Ok(()) => {
+                // mknod(2) applies the umask; these nodes are for everyone.
+                step(
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)),
+                    || format!("chmod /dev/{name}"),
+                )?;
+            }
+            // A device cgroup whose rules deny mknod: bind the host node.
+            Err(nix::errno::Errno::EPERM) => bind_host(name)?,
+            Err(e) => return Err(StepError(format!("mknod /dev/{name}: {e}"))),
+        }
     }
     step(fs::create_dir(at("pts")), || "mkdir /dev/pts".into())?;
     step(

@@ -9,10 +9,11 @@
 //!
 //! Create order: state directory and `state.json` with phase `creating`
 //! first (so a crash at any later point leaves a record that
-//! [`recover`] can clean up), then cgroup, address and bridge, then init is
+//! [`recover`] can clean up), then the cgroup, then init is
 //! cloned (born in the v2 cgroup; it writes itself into the v1 ones); the
-//! parent writes id maps and creates the veth into its network namespace
-//! before letting it go. The next
+//! parent writes id maps and lets it go, then allocates the address,
+//! ensures the bridge and creates the veth into init's network namespace
+//! while init sets up its mounts, and waits for both. The next
 //! durable write is phase `created` with pid, start time and address: a
 //! creator that dies before it leaves nothing that `recover` cannot find
 //! from the `creating` record (init dies with its cgroup).
@@ -605,7 +606,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     let spec = jail.state.spec.clone();
 
     // Cgroup with limits.
-    {
+    let h = {
         let spec = spec.clone();
         blocking(move || {
             let h = hierarchy(&spec)?;
@@ -615,55 +616,16 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
             };
             let cg = cgroup::Cgroup::create(&h, &spec.cgroup_path).map_err(err)?;
             cg.apply(&limits(&spec)).map_err(err)?;
-            Ok(())
+            Ok(h)
         })
-        .await?;
-    }
+        .await?
+    };
     mark(t0, "cgroup created");
-
-    // Address and bridge.
-    let mut bridge = None;
-    let mut net = None;
-    if let Some(n) = &spec.network {
-        let owner = owner(&spec);
-        let n2 = n.clone();
-        let addr = blocking(move || {
-            let mut a =
-                netns::Allocator::open(&n2.allocator_dir, &n2.bridge, n2.gateway, n2.prefix_len)
-                    .map_err(|source| Error::Net {
-                        what: format!("allocator {}", n2.allocator_dir.display()),
-                        source: Box::new(source),
-                    })?;
-            a.allocate(&owner).map_err(|source| Error::Net {
-                what: format!("allocate address on {}", n2.bridge),
-                source: Box::new(source),
-            })
-        })
-        .await?;
-        // Persisted with the pid below: cleanup releases the address by
-        // owner, so a crash before then loses nothing (one fsync less).
-        jail.state.address = Some(addr);
-        mark(t0, "address allocated");
-        let c = netns::Net::connect().await.map_err(|source| Error::Net {
-            what: "connect".into(),
-            source: Box::new(source),
-        })?;
-        let b = c
-            .ensure_bridge(&n.bridge, n.gateway, n.prefix_len)
-            .await
-            .map_err(|source| Error::Net {
-                what: format!("bridge {}", n.bridge),
-                source: Box::new(source),
-            })?;
-        bridge = Some(b);
-        net = Some(c);
-        mark(t0, "bridge ensured");
-    }
 
     // Files in the state directory and the init process.
     let dir = jail.dir.clone();
     let spec2 = spec.clone();
-    let mut spawned = blocking(move || spawn_create(&dir, &spec2)).await?;
+    let mut spawned = blocking(move || spawn_create(&dir, &spec2, &h)).await?;
     mark(t0, "init cloned");
     jail.pidfd = Some(spawned.pidfd.clone());
     jail.state.pid = Some(spawned.pid);
@@ -674,7 +636,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     // pipe); after it, init is in the jail's cgroup, which cleanup
     // destroys, killing it (two fsyncs less per create).
 
-    // Id maps, then the veth, then go. (Init joined its cgroup itself.)
+    // Id maps, then go. (Init joined its cgroup itself.)
     if let Some((u, g)) = spec.user_ns.clone() {
         let pid = spawned.pid;
         blocking(move || {
@@ -683,14 +645,85 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
         })
         .await?;
     }
-    if let (Some(c), Some(b), Some(addr), Some(host_if)) = (
-        &net,
-        &bridge,
-        jail.state.address,
-        jail.state.host_veth.clone(),
-    ) {
-        clear_stale_veth(c, &host_if).await?;
-        c.add_veth(b, &host_if, JAIL_IF, netns::NsRef::Pid(spawned.pid), addr)
+    // Released before its plan is built: the exec of berth-init runs
+    // meanwhile.
+    let dir = jail.dir.clone();
+    let spec2 = spec.clone();
+    let mut spawned = blocking(move || {
+        spawned.release()?;
+        let plan = create_plan(&dir, &spec2)?;
+        spawned.send_plan(&plan);
+        Ok(spawned)
+    })
+    .await?;
+    mark(t0, "init released");
+
+    // While init execs and sets up the jail's mounts, the host side of
+    // the network: address, bridge, and the veth into init's network
+    // namespace. Nothing in the jail runs before `start`, which comes
+    // after both are done; init's setup needs nothing of the network
+    // (it only brings up loopback).
+    if let Err(e) = create_net(jail, spawned.pid, t0).await {
+        // An init that failed meanwhile (its namespace gone with it)
+        // explains the network error: report its failure first.
+        return Err(match blocking(move || spawned.wait_setup()).await {
+            Err(setup) => {
+                tracing::debug!(error = %e, "network setup failed after init's");
+                setup
+            }
+            Ok(()) => e,
+        });
+    }
+    blocking(move || spawned.wait_setup()).await?;
+    mark(t0, "init set up");
+    jail.state.phase = Phase::Created;
+    let r = save(jail).await;
+    mark(t0, "created");
+    r
+}
+
+/// The host side of a networked jail whose init is `pid`: an address from
+/// the bridge's allocator, the bridge, and the veth pair with its jail end
+/// in init's network namespace, configured.
+async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result<(), Error> {
+    let Some(n) = jail.state.spec.network.clone() else {
+        return Ok(());
+    };
+    let owner = owner(&jail.state.spec);
+    let n2 = n.clone();
+    let addr = blocking(move || {
+        let mut a =
+            netns::Allocator::open(&n2.allocator_dir, &n2.bridge, n2.gateway, n2.prefix_len)
+                .map_err(|source| Error::Net {
+                    what: format!("allocator {}", n2.allocator_dir.display()),
+                    source: Box::new(source),
+                })?;
+        a.allocate(&owner).map_err(|source| Error::Net {
+            what: format!("allocate address on {}", n2.bridge),
+            source: Box::new(source),
+        })
+    })
+    .await?;
+    // Persisted with the pid: cleanup releases the address by owner, so
+    // a crash before then loses nothing (one fsync less).
+    jail.state.address = Some(addr);
+    mark(t0, "address allocated");
+    let c = netns::Net::connect().await.map_err(|source| Error::Net {
+        what: "connect".into(),
+        source: Box::new(source),
+    })?;
+    let b = c
+        .ensure_bridge(&n.bridge, n.gateway, n.prefix_len)
+        .await
+        .map_err(|source| Error::Net {
+            what: format!("bridge {}", n.bridge),
+            source: Box::new(source),
+        })?;
+    mark(t0, "bridge ensured");
+    if let Some(host_if) = jail.state.host_veth.clone() {
+        clear_stale_veth(&c, &host_if).await?;
+        // Init is our unreaped child: its pid cannot be reused meanwhile.
+        c.add_veth(&b, &host_if, JAIL_IF, netns::NsRef::Pid(pid), addr)
             .await
             .map_err(|source| Error::Net {
                 what: format!("veth {host_if}"),
@@ -698,13 +731,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
             })?;
         mark(t0, "veth created");
     }
-    let plan = spawned.plan.take().unwrap_or_default();
-    blocking(move || spawned.go(&plan)).await?;
-    mark(t0, "init set up");
-    jail.state.phase = Phase::Created;
-    let r = save(jail).await;
-    mark(t0, "created");
-    r
+    Ok(())
 }
 
 /// How long a create waits for the kernel to remove a veth of the same
@@ -805,12 +832,19 @@ struct Spawned {
     sync_w: Option<OwnedFd>,
     plan_w: Option<OwnedFd>,
     report_r: Option<OwnedFd>,
-    plan: Option<Vec<u8>>,
 }
 
 impl Spawned {
     /// Releases init, sends the plan and waits for `ok` or an error.
     fn go(&mut self, plan: &[u8]) -> Result<(), Error> {
+        self.release()?;
+        self.send_plan(plan);
+        self.wait_setup()
+    }
+
+    /// Releases init (the go byte): it execs berth-init, which waits for
+    /// the plan from [`Spawned::send_plan`].
+    fn release(&mut self) -> Result<(), Error> {
         let sync = self.sync_w.take();
         let mut released = Ok(());
         if let Some(s) = &sync {
@@ -827,11 +861,21 @@ impl Spawned {
                 None => Err(Error::nix("release init")(e)),
             };
         }
+        Ok(())
+    }
+
+    /// Sends the plan and closes the plan pipe; init then sets the jail
+    /// up on its own, and [`Spawned::wait_setup`] collects its report.
+    fn send_plan(&mut self, plan: &[u8]) {
         if let Some(p) = self.plan_w.take() {
             let mut f = fs::File::from(p);
             // A failed write means init died; its report says why.
             let _ = f.write_all(plan);
         }
+    }
+
+    /// Waits for init's report: `ok` or the error of its setup.
+    fn wait_setup(&mut self) -> Result<(), Error> {
         let Some(r) = self.report_r.take() else {
             return Ok(());
         };
@@ -912,10 +956,10 @@ struct CgroupJoin {
     v2: Option<(OwnedFd, PathBuf)>,
 }
 
-/// Opens what a child needs to join the cgroup of `spec`.
-fn cgroup_join(spec: &JailSpec) -> Result<CgroupJoin, Error> {
-    let h = hierarchy(spec)?;
-    let cg = cgroup::Cgroup::open(&h, &spec.cgroup_path).map_err(|source| Error::Cgroup {
+/// Opens what a child needs to join the cgroup of `spec` (in `h`, its
+/// [`hierarchy`]).
+fn cgroup_join(spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<CgroupJoin, Error> {
+    let cg = cgroup::Cgroup::open(h, &spec.cgroup_path).map_err(|source| Error::Cgroup {
         path: spec.cgroup_path.clone(),
         source,
     })?;
@@ -1009,7 +1053,6 @@ fn spawn_init(
         sync_w: Some(sync_w),
         plan_w: Some(plan_w),
         report_r: Some(report_r),
-        plan: None,
     })
 }
 
@@ -1079,7 +1122,7 @@ fn chown(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
     Ok(())
 }
 
-fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
+fn spawn_create(dir: &Path, spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<Spawned, Error> {
     let init = find_init(spec.init_path.as_deref())?;
     let owner = mapped_root(spec);
     let fifo = dir.join(FIFO_FILE);
@@ -1122,6 +1165,21 @@ fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
         Console::Null => [dev_null(false)?, dev_null(true)?, dev_null(true)?],
         Console::Inherit => [dup_std(0)?, dup_std(1)?, dup_std(2)?],
     };
+    let join = cgroup_join(spec, h)?;
+    spawn_init(
+        &init,
+        ns_flags(spec.user_ns.is_some()),
+        ChildFds {
+            stdio,
+            extra: status.into(),
+        },
+        &join,
+    )
+}
+
+/// The encoded create plan of `spec` for the init of state dir `dir`
+/// (seccomp filters compiled here: init carries no compiler).
+fn create_plan(dir: &Path, spec: &JailSpec) -> Result<Vec<u8>, Error> {
     let plan = InitPlan {
         version: PLAN_VERSION,
         mode: Mode::Create(Box::new(CreatePlan {
@@ -1133,30 +1191,19 @@ fn spawn_create(dir: &Path, spec: &JailSpec) -> Result<Spawned, Error> {
                     work,
                 } => RootfsPlan::Overlay(lowers.clone(), upper.clone(), work.clone()),
             },
-            root_mount: root,
+            root_mount: dir.join(ROOT_DIR),
             readonly_root: spec.readonly_root,
             mounts: spec.mounts.clone(),
             devices: spec.devices.clone(),
             masked_paths: spec.masked_paths.clone(),
             readonly_paths: spec.readonly_paths.clone(),
             hostname: spec.hostname.clone(),
-            fifo,
+            fifo: dir.join(FIFO_FILE),
             userns: spec.user_ns.is_some(),
             process: process_plan(spec)?,
         })),
     };
-    let join = cgroup_join(spec)?;
-    let mut s = spawn_init(
-        &init,
-        ns_flags(spec.user_ns.is_some()),
-        ChildFds {
-            stdio,
-            extra: status.into(),
-        },
-        &join,
-    )?;
-    s.plan = Some(plan.encode());
-    Ok(s)
+    Ok(plan.encode())
 }
 
 fn exec_blocking(
@@ -1192,7 +1239,7 @@ fn exec_blocking(
             process,
         }),
     };
-    let join = cgroup_join(spec)?;
+    let join = cgroup_join(spec, &hierarchy(spec)?)?;
     let mut s = spawn_init(
         &init,
         0,

@@ -24,7 +24,7 @@ pub struct ChildExec<'a> {
     /// NULL-terminated envp.
     pub envp: &'a [*const c_char],
     /// The child blocks on one byte from this fd before anything else, so
-    /// the parent can write id maps, attach the cgroup and create the veth.
+    /// the parent can write id maps first.
     pub sync_read: RawFd,
     /// Descriptors the child closes before waiting (its copies of the
     /// parent's pipe ends, so that a dead parent gives EOF).

@@ -3,7 +3,11 @@
 //! - Latency, transport event to device event, p50/p99, per source:
 //!   serial (the port's link appears in the watched directory → Seen, the
 //!   Hello/Announce handshake with a fake device included; the bench makes
-//!   the link itself, so the moment is exact), MQTT (announce published by
+//!   the link itself, so the moment is exact; the fake sysfs the source
+//!   rescans holds a board's virtual consoles and UARTs), split into the
+//!   gateway's and the device's shares, without and with the vendor's key
+//!   known, over a socat pty pair (as the tests) and over one bare pty (as
+//!   a USB adapter's tty), MQTT (announce published by
 //!   a client on its own thread → Seen), BLE (BlueZ's `PropertiesChanged`
 //!   signal as a second bus client on its own thread receives it →
 //!   Updated; the mock is driven by one long-lived Python process, so no
@@ -21,7 +25,8 @@
 //! scheduler's (the peers inherit the policy).
 //!
 //! Needs socat, mosquitto, dbus-daemon and /usr/bin/python3 with dbusmock.
-//! Run: `cargo run --release -p device-probes --example probe-bench`.
+//! Run: `cargo run --release -p device-probes --example probe-bench`
+//! (`-- serial N` for the serial runs alone, N ports each).
 //! The release profile aborts on panic, so a failed run cannot end its
 //! peers (mosquitto, dbus-daemon, dbusmock, socat) through their guards:
 //! after a failure, end them by the PIDs the run left.
@@ -49,7 +54,7 @@ fn report(name: &str, mut s: Vec<Duration>) {
     let p50 = pct(&mut s, 0.50);
     let p99 = pct(&mut s, 0.99);
     println!(
-        "{name:<8} latency  n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
+        "{name:<28} latency  n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
         s.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
@@ -73,15 +78,119 @@ fn cbor_announce(serial: &str, firmware: &str) -> Vec<u8> {
     out
 }
 
-async fn bench_serial() {
+/// What stands between the gateway's port and the fake device.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// A socat pty pair, as in the tests: every byte crosses two ptys and
+    /// the socat process.
+    Socat,
+    /// One pty: the device holds its master, as a USB serial adapter's
+    /// driver holds the tty the gateway opens.
+    Pty,
+}
+
+/// A fake device on the master side of a fresh pty: answers the first
+/// Hello with a signed announce, then holds the port until told to unplug
+/// (closing the master hangs the slave up). Returns the slave's path, the
+/// (Hello received, answer about to be written) instants, and the unplug
+/// switch.
+fn direct_device(
+    serial_number: &str,
+) -> (std::path::PathBuf, HelloTimes, std::sync::mpsc::Sender<()>) {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    use protocol::frame::{FrameDecoder, MAX_FRAME};
+    use protocol::message::Message;
+    use std::io::{Read, Write};
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut t = tcgetattr(&pty.slave).unwrap();
+    cfmakeraw(&mut t);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &t).unwrap();
+    use std::os::fd::AsRawFd;
+    let slave = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
+    // Held open by the device: reading a master whose slave nobody has
+    // open fails with EIO (pty(7)), and the gateway opens it only later.
+    let keep = pty.slave;
+    let mut master = std::fs::File::from(pty.master);
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (unplug, unplugged) = std::sync::mpsc::channel::<()>();
+    let (l, serial_number) = (last.clone(), serial_number.to_owned());
+    std::thread::spawn(move || {
+        let mut dec = FrameDecoder::<MAX_FRAME>::new();
+        let mut buf = [0u8; 256];
+        'read: loop {
+            let n = match master.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let got_at = Instant::now();
+            for &byte in &buf[..n] {
+                if let Some(Ok(f)) = dec.push(byte) {
+                    if let Ok(Message::Hello { nonce }) = Message::decode(f) {
+                        let out = announce_frame("acme", &serial_number, "1.0.0", Some(nonce));
+                        *l.lock().unwrap() = Some((got_at, Instant::now()));
+                        master.write_all(&out).unwrap();
+                        break 'read;
+                    }
+                }
+            }
+        }
+        // Holds the port (later Hellos stay unread) until unplugged.
+        let _ = unplugged.recv();
+        drop(keep);
+    });
+    (slave, last, unplug)
+}
+
+/// Fills a fake sysfs with the ttys of a board with no USB serial port
+/// plugged in, as the source scans them on every hotplug event: the
+/// virtual consoles, console and ptmx (links into devices/virtual), and
+/// four on-board UARTs.
+fn board_ttys(sys: &Path) {
+    let class = sys.join("class/tty");
+    std::fs::create_dir_all(&class).unwrap();
+    let virtual_ttys = (0..64)
+        .map(|i| format!("tty{i}"))
+        .chain(["tty", "console", "ptmx"].map(String::from));
+    for tty in virtual_ttys {
+        std::fs::create_dir_all(sys.join(format!("devices/virtual/tty/{tty}"))).unwrap();
+        std::os::unix::fs::symlink(format!("../../devices/virtual/tty/{tty}"), class.join(&tty))
+            .unwrap();
+    }
+    let uart = sys.join("devices/platform/serial8250");
+    for i in 0..4 {
+        let tty = format!("ttyS{i}");
+        let dev = uart.join(format!("tty/{tty}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        std::os::unix::fs::symlink("../../../serial8250", dev.join("device")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../devices/platform/serial8250/tty/{tty}"),
+            class.join(&tty),
+        )
+        .unwrap();
+    }
+}
+
+/// Serial latency, `n` ports one after another; with `keys` the vendor's
+/// key is known and every announce's signature is checked. Besides the
+/// total it reports where the time went, from the fake device's clock:
+/// link → Hello at the device (the gateway notices the port, opens it and
+/// writes, then socat relays), the device's own answer (decode and sign),
+/// and answer → Seen (the device writes, socat relays, the gateway reads,
+/// checks and merges).
+async fn bench_serial(n: usize, keys: bool, via: Via) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("sys/class/tty")).unwrap();
+    board_ttys(&dir.path().join("sys"));
     let watched = dir.path().join("by-id");
     std::fs::create_dir(&watched).unwrap();
     let staging = dir.path().join("staging");
     std::fs::create_dir(&staging).unwrap();
     let mut p = pipeline();
-    let explicit: Vec<_> = (0..50).map(|i| watched.join(format!("dev{i}"))).collect();
+    let explicit: Vec<_> = (0..n).map(|i| watched.join(format!("dev{i}"))).collect();
+    let mut ring = device_probes::announce::KeyRing::default();
+    if keys {
+        ring.add("acme", &protocol::announce::public_key(&SEED))
+            .unwrap();
+    }
     let cfg = serial::SerialConfig {
         sysfs_root: dir.path().join("sys"),
         dev_dir: dir.path().to_owned(),
@@ -90,35 +199,74 @@ async fn bench_serial() {
         uevents: false,
         poll: None,
         hello_every: Duration::from_millis(200),
+        keys: ring,
         ..serial::SerialConfig::default()
     };
     let src = tokio::spawn(serial::run(cfg, p.emitter.clone(), p.shutdown_rx.clone()));
-    let mut samples = Vec::new();
+    let (mut total, mut to_device, mut in_device, mut back) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, link) in explicit.iter().enumerate() {
         // The pty pair and the device come up first, off the watched
         // directory; the port "appears" when the bench links it in.
         let a = staging.join(format!("a{i}"));
         let b = staging.join(format!("b{i}"));
-        let pair = tokio::task::spawn_blocking(move || socat_pair(&a, &b))
-            .await
-            .unwrap();
-        let _dev = FakeDevice::start(&pair.b, "acme", &format!("SER-{i}"), Noise::None);
-        let target = std::fs::read_link(&pair.a).unwrap();
+        let serial_number = format!("SER-{i}");
+        let (target, last_hello, unplug): (_, _, Box<dyn FnOnce()>) = match via {
+            Via::Socat => {
+                let pair = tokio::task::spawn_blocking(move || socat_pair(&a, &b))
+                    .await
+                    .unwrap();
+                let dev = FakeDevice::start(&pair.b, "acme", &serial_number, Noise::None);
+                let target = std::fs::read_link(&pair.a).unwrap();
+                let last = dev.last_hello.clone();
+                (target, last, Box::new(move || drop((dev, pair))))
+            }
+            Via::Pty => {
+                let (slave, last, unplug) = direct_device(&serial_number);
+                (
+                    slave,
+                    last,
+                    Box::new(move || {
+                        let _ = unplug.send(());
+                    }),
+                )
+            }
+        };
         let t0 = Instant::now();
         std::os::unix::fs::symlink(&target, link).unwrap();
-        p.until(Duration::from_secs(10), "serial seen", |e| {
-            matches!(e, DeviceEvent::Seen(_))
-        })
-        .await;
-        samples.push(t0.elapsed());
-        drop(pair);
+        let ev = p
+            .until(Duration::from_secs(10), "serial seen", |e| {
+                matches!(e, DeviceEvent::Seen(_))
+            })
+            .await;
+        let seen = Instant::now();
+        if let DeviceEvent::Seen(d) = &ev {
+            assert_eq!(d.identity.verified, keys, "signature checked iff key known");
+        }
+        total.push(seen - t0);
+        // The answer to the first Hello (a later Hello would mean one was
+        // lost; then the split is of that one).
+        let (hello_at, answered_at) = last_hello.lock().unwrap().unwrap();
+        to_device.push(hello_at.saturating_duration_since(t0));
+        in_device.push(answered_at.saturating_duration_since(hello_at));
+        back.push(seen.saturating_duration_since(answered_at));
+        unplug();
         std::fs::remove_file(link).unwrap();
         p.until(Duration::from_secs(10), "serial gone", |e| {
             matches!(e, DeviceEvent::Gone(_))
         })
         .await;
     }
-    report("serial", samples);
+    let label = match (via, keys) {
+        (Via::Socat, false) => "serial",
+        (Via::Socat, true) => "serial, signatures checked",
+        (Via::Pty, false) => "serial on a bare pty",
+        (Via::Pty, true) => "serial on a bare pty, checked",
+    };
+    report(label, total);
+    report("  link -> hello at device", to_device);
+    report("  device answers", in_device);
+    report("  answer -> seen", back);
     p.shutdown.send(true).unwrap();
     let _ = src.await;
 }
@@ -577,10 +725,22 @@ fn main() {
         .build()
         .unwrap();
     let only = std::env::args().nth(1);
+    // `probe-bench serial N`: N ports per serial run (200 by default).
+    let serial_n = std::env::args()
+        .nth(2)
+        .map(|n| n.parse().expect("the port count is a number"))
+        .unwrap_or(200);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     rt.block_on(async {
         if run("serial") {
-            bench_serial().await;
+            for (keys, via) in [
+                (false, Via::Socat),
+                (true, Via::Socat),
+                (false, Via::Pty),
+                (true, Via::Pty),
+            ] {
+                bench_serial(serial_n, keys, via).await;
+            }
             println!("         peak RSS after serial {} KiB", peak_rss_kib());
         }
         if run("mqtt") {

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use device_probes::event::{DeviceEvent, Drops, SourceEvent};
@@ -176,12 +176,19 @@ pub fn announce_frame_n(
 
 /// A fake end device on the `b` end of a pty pair: answers every Hello
 /// with a signed announce echoing the nonce. Runs on its own thread until
-/// the port hangs up. Counts the bytes it received.
+/// the port hangs up. Counts the bytes it received, and keeps when the
+/// last Hello arrived and when the answer to it was about to be written (the bench
+/// splits the handshake's time between gateway and device with these).
 pub struct FakeDevice {
     pub received: Arc<AtomicUsize>,
     pub hellos: Arc<AtomicUsize>,
+    pub last_hello: HelloTimes,
     stop: Arc<AtomicBool>,
 }
+
+/// When a fake device got its last Hello and when its answer was about to
+/// be written.
+pub type HelloTimes = Arc<Mutex<Option<(Instant, Instant)>>>;
 
 impl FakeDevice {
     pub fn start(path: &Path, vendor: &str, serial: &str, noise: Noise) -> FakeDevice {
@@ -205,7 +212,13 @@ impl FakeDevice {
         let received = Arc::new(AtomicUsize::new(0));
         let hellos = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, h, s) = (received.clone(), hellos.clone(), stop.clone());
+        let last_hello = Arc::new(Mutex::new(None));
+        let (r, h, s, l) = (
+            received.clone(),
+            hellos.clone(),
+            stop.clone(),
+            last_hello.clone(),
+        );
         let (vendor, serial) = (vendor.to_owned(), serial.to_owned());
         std::thread::spawn(move || {
             let mut dec = FrameDecoder::<MAX_FRAME>::new();
@@ -215,6 +228,7 @@ impl FakeDevice {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                let got_at = Instant::now();
                 if s.load(Ordering::SeqCst) {
                     return;
                 }
@@ -244,6 +258,9 @@ impl FakeDevice {
                         Some(nonce),
                         counter,
                     ));
+                    // Kept before the write: the gateway may report the
+                    // device before this thread runs again.
+                    *l.lock().unwrap() = Some((got_at, Instant::now()));
                     if port.write_all(&out).is_err() {
                         return;
                     }
@@ -253,6 +270,7 @@ impl FakeDevice {
         FakeDevice {
             received,
             hellos,
+            last_hello,
             stop,
         }
     }

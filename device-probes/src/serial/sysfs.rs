@@ -75,10 +75,22 @@ pub fn scan(sysfs_root: &Path, dev_dir: &Path) -> Result<Vec<PortInfo>, ScanErro
     })?;
     let mut ports = Vec::new();
     for entry in entries.flatten() {
+        // Most of a board's ttys are virtual (tty0..63, console, ptmx):
+        // one readlink rules each out, where resolving its `device` link
+        // costs a walk of sysfs (a scan runs on every hotplug event, before
+        // a new port is opened).
+        if std::fs::read_link(entry.path()).is_ok_and(|t| is_virtual(&t)) {
+            continue;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         let Ok(device) = std::fs::canonicalize(entry.path().join("device")) else {
             continue;
         };
+        // Only a device below a USB root hub (`usbN`) can have USB ids;
+        // on-board UARTs are not searched for them.
+        if !below_usb_root_hub(&device) {
+            continue;
+        }
         if let Some(usb) = usb_ids(&device) {
             ports.push(PortInfo {
                 path: dev_dir.join(&name),
@@ -89,6 +101,27 @@ pub fn scan(sysfs_root: &Path, dev_dir: &Path) -> Result<Vec<PortInfo>, ScanErro
     }
     ports.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(ports)
+}
+
+/// Whether a `class/tty` link points at a virtual tty
+/// (`../../devices/virtual/tty/NAME`): one with no device behind it.
+fn is_virtual(class_link: &Path) -> bool {
+    let parts: Vec<_> = class_link.components().map(|c| c.as_os_str()).collect();
+    parts
+        .windows(2)
+        .any(|w| w[0] == "devices" && w[1] == "virtual")
+}
+
+/// Whether `device` (a resolved sysfs path) sits below a USB root hub,
+/// which the kernel names `usbN` (every USB device's sysfs path passes
+/// through one, whatever the host controller).
+fn below_usb_root_hub(device: &Path) -> bool {
+    device.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .and_then(|s| s.strip_prefix("usb"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Builds a fake sysfs tree for tests: one USB device with one tty.
@@ -127,6 +160,17 @@ pub(crate) mod fake {
         let entry = class.join(tty);
         std::os::unix::fs::symlink(port.join(format!("tty/{tty}")), &entry).unwrap();
         std::os::unix::fs::symlink(&port, port.join(format!("tty/{tty}/device"))).unwrap();
+    }
+
+    /// Adds a virtual tty (a console), linked as the kernel links one:
+    /// no `device` link.
+    pub fn add_virtual_tty(root: &Path, tty: &str) {
+        let dev = root.join(format!("devices/virtual/tty/{tty}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        let class = root.join("class/tty");
+        std::fs::create_dir_all(&class).unwrap();
+        std::os::unix::fs::symlink(format!("../../devices/virtual/tty/{tty}"), class.join(tty))
+            .unwrap();
     }
 
     /// Adds a tty with no USB ancestor (an on-board UART).
@@ -174,6 +218,7 @@ mod tests {
             },
         );
         add_plain_tty(root.path(), "ttyS0");
+        add_virtual_tty(root.path(), "tty0");
         let ports = scan(root.path(), Path::new("/dev")).unwrap();
         assert_eq!(ports.len(), 2, "{ports:?}");
         assert_eq!(ports[0].name, "ttyACM0");
@@ -190,6 +235,29 @@ mod tests {
                 product: Some("FT232R USB UART".into()),
             }
         );
+    }
+
+    #[test]
+    fn which_paths_are_virtual_or_usb() {
+        assert!(is_virtual(Path::new("../../devices/virtual/tty/tty0")));
+        assert!(!is_virtual(Path::new(
+            "../../devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0/tty/ttyUSB0"
+        )));
+        assert!(!is_virtual(Path::new(
+            "../../devices/platform/virtual-uart/tty/ttyS0"
+        )));
+        assert!(below_usb_root_hub(Path::new(
+            "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0"
+        )));
+        assert!(below_usb_root_hub(Path::new(
+            "/sys/devices/platform/vhci_hcd.0/usb3/3-1/3-1:1.0/ttyACM0"
+        )));
+        assert!(!below_usb_root_hub(Path::new(
+            "/sys/devices/platform/serial8250/tty/ttyS0"
+        )));
+        assert!(!below_usb_root_hub(Path::new(
+            "/sys/devices/platform/usbmisc"
+        )));
     }
 
     #[test]

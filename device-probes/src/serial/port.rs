@@ -187,8 +187,13 @@ pub async fn run_port(
     };
     let mut hs = Handshake::new(random_nonce(), spec.keys.clone());
     port.write_all(&hs.hello()).await.map_err(io_err)?;
-    let mut hello = tokio::time::interval(spec.hello_every);
-    hello.tick().await;
+    // The next Hello is due a period after this one. (Not `interval` and
+    // its first tick: that tick waits for the timer's next millisecond,
+    // and a device that answers sooner would wait with it.)
+    let mut hello = tokio::time::interval_at(
+        tokio::time::Instant::now() + spec.hello_every,
+        spec.hello_every,
+    );
     let identify = tokio::time::sleep(spec.identify_timeout);
     tokio::pin!(identify);
     let mut reported = false;

@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`spec`]: `JailSpec`, validated from an OCI runtime spec plus
 //!   [`JailOptions`];
+//! - [`oci`]: OCI runtime specs built in code, without the deserialiser;
 //! - [`plan`]: the setup plan handed to `berth-init` and its fd layout;
 //! - [`init`]: the code of `berth-init` (setup, PID 1, exec mode);
 //! - [`seccomp`]: the baseline policy (data) and the spec's profile,
@@ -65,6 +66,7 @@ mod error;
 pub mod init;
 mod lifecycle;
 pub mod name;
+pub mod oci;
 pub mod plan;
 pub mod seccomp;
 pub mod spec;

@@ -1568,11 +1568,10 @@ mod tests {
 
     #[test]
     fn cgroup_parent_is_two_up() {
-        let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2", "root": {"path": "/r"},
-            "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
-        }))
-        .unwrap();
+        let oci = crate::oci::spec(
+            crate::oci::root("/r", false),
+            crate::oci::process(vec!["/bin/true".into()], Vec::new(), "/", 0, 0),
+        );
         let spec = JailSpec::from_oci(
             &oci,
             &crate::spec::JailOptions {

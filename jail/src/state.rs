@@ -234,11 +234,10 @@ mod tests {
     use crate::spec::{JailOptions, JailSpec};
 
     fn sample() -> JailState {
-        let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2", "root": {"path": "/r"},
-            "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
-        }))
-        .unwrap();
+        let oci = crate::oci::spec(
+            crate::oci::root("/r", false),
+            crate::oci::process(vec!["/bin/true".into()], Vec::new(), "/", 0, 0),
+        );
         let spec = JailSpec::from_oci(
             &oci,
             &JailOptions {

@@ -66,17 +66,16 @@ pub fn busybox_rootfs(root: &Path, marker: &str) {
 
 /// A minimal OCI spec running `/bin/sh -c <script>` in the rootfs.
 pub fn oci_spec(root: &Path, script: &str) -> oci_spec::runtime::Spec {
-    serde_json::from_value(serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": root},
-        "process": {
-            "args": ["/bin/sh", "-c", script],
-            "cwd": "/",
-            "user": {"uid": 0, "gid": 0},
-            "env": ["PATH=/bin:/sbin:/usr/bin", "HOME=/root"]
-        }
-    }))
-    .expect("oci spec")
+    jail::oci::spec(
+        jail::oci::root(root, false),
+        jail::oci::process(
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            vec!["PATH=/bin:/sbin:/usr/bin".into(), "HOME=/root".into()],
+            "/",
+            0,
+            0,
+        ),
+    )
 }
 
 /// Options for a test jail under `state_root` and a per-test cgroup

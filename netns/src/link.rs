@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use futures_util::{pin_mut, TryStreamExt};
 use netlink_packet_route::address::AddressAttribute;
@@ -334,7 +334,8 @@ impl Net {
     /// leaves it; `delete_link(host_if)` removes it.
     ///
     /// Round trips: one RTM_NEWLINK on the host (plus a lookup of the
-    /// bridge when `bridge` did not come from [`Net::ensure_bridge`]); in
+    /// bridge when `bridge` did not come from [`Net::ensure_bridge`]),
+    /// while the socket inside `ns` is opened on a short-lived thread; in
     /// `ns`, the lookup of `jail_if` runs beside loopback's RTM_SETLINK,
     /// then the address, link-up and route requests go out together (the
     /// kernel handles one socket's requests in order, so the route finds
@@ -375,6 +376,11 @@ impl Net {
         // fd is reported as such, and the peer and the configuring socket
         // are sure to land in the same namespace.
         let ns_fd = crate::ns::open_ns(&ns)?;
+        let sock_ns = ns_fd.try_clone().map_err(|e| Error::Namespace {
+            namespace: crate::ns::describe(&ns),
+            op: "duplicating the namespace fd",
+            source: e,
+        })?;
         // Not up here: a veth end cannot open before its peer is
         // registered (ENOTCONN, veth_open); configure_inside sets it up.
         let peer = LinkUnspec::new_with_name(jail_if).setns_by_fd(ns_fd.as_raw_fd());
@@ -384,13 +390,24 @@ impl Net {
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
-        h.link().add(msg).execute().await.map_err(nl(
-            "creating veth pair",
-            format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(&ns)),
-        ))?;
+        let create = async {
+            h.link().add(msg).execute().await.map_err(nl(
+                "creating veth pair",
+                format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(&ns)),
+            ))
+        };
+        // The socket inside `ns` (opened on a short-lived thread) comes
+        // while the kernel registers the pair, not after it.
+        let (created, socket) =
+            futures_util::future::join(create, crate::ns::route_socket_in(&ns, sock_ns)).await;
+        created?;
         tracing::info!(host_if, jail_if, bridge = bridge.name, "created veth pair");
 
-        if let Err(e) = configure_inside(&ns, ns_fd, jail_if, addr, bridge).await {
+        let configured = match socket {
+            Ok(socket) => configure_inside(&ns, socket, jail_if, addr, bridge).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = configured {
             let cleanup = self.delete_link(host_if).await;
             return Err(Error::with_cleanup(e, cleanup));
         }
@@ -472,13 +489,12 @@ impl Net {
 /// socket opened in `ns`; the connection ends with this function.
 async fn configure_inside(
     ns: &NsRef,
-    ns_fd: OwnedFd,
+    socket: netlink_sys::Socket,
     jail_if: &str,
     addr: Ipv4Addr,
     bridge: &Bridge,
 ) -> Result<(), Error> {
     let where_ = crate::ns::describe(ns);
-    let socket = crate::ns::route_socket_in(ns, ns_fd).await?;
     let (connection, handle, _) = rtnetlink::from_socket(crate::sys::into_tokio_socket(socket));
     let task = tokio::spawn(connection);
     let result = async {

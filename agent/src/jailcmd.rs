@@ -684,17 +684,11 @@ fn build_spec(
 ) -> Result<JailSpec, CliError> {
     let args = to_strings(cmd)?;
     let rootfs_abs = std::path::absolute(&opts.rootfs).unwrap_or(opts.rootfs.clone());
-    let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": { "path": rootfs_abs, "readonly": false },
-        "process": {
-            "args": args,
-            "env": PAYLOAD_ENV,
-            "cwd": "/",
-            "user": { "uid": 0, "gid": 0 },
-        },
-    }))
-    .map_err(|e| CliError::Jail(format!("build the jail spec: {e}")))?;
+    let env = PAYLOAD_ENV.iter().map(|e| e.to_string()).collect();
+    let oci = jail::oci::spec(
+        jail::oci::root(&rootfs_abs, false),
+        jail::oci::process(args, env, "/", 0, 0),
+    );
     let rootfs = if opts.overlay || !opts.layers.is_empty() {
         let dir = ctx.overlay(name);
         // Topmost first: the last --layer, down to the rootfs.

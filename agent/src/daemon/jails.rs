@@ -45,7 +45,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use jail::{Console, JailOptions, JailSpec, NetOptions, RootfsOptions};
+use jail::{oci, Console, JailOptions, JailSpec, NetOptions, RootfsOptions};
 use protocol::provision::{App, Plan};
 
 use crate::image::ImageRootfs;
@@ -315,59 +315,7 @@ pub fn build_spec(
     for (a, i) in plan.apps.iter().zip(images).skip(1) {
         app_exec(a, i)?;
     }
-    let cwd = cwd(image);
-    // The apps share one mount namespace: their mounts are merged, and two
-    // apps may name the same target only for the same volume and mode.
-    let mut targets: BTreeMap<&str, (&str, &str, bool)> = BTreeMap::new();
-    let mut mounts = Vec::new();
-    for a in &plan.apps {
-        for m in &a.mounts {
-            if !plan.jail.volumes.iter().any(|v| v.name == m.volume) {
-                return Err(format!("app {} mounts unknown volume {}", a.name, m.volume));
-            }
-            match targets.get(m.target.as_str()) {
-                Some((_, vol, ro)) if *vol == m.volume.as_str() && *ro == m.read_only => continue,
-                Some((other, vol, _)) => {
-                    return Err(format!(
-                        "apps {other} and {} both mount on {} (volumes {vol} and {}); the apps of a plan share the jail's mounts",
-                        a.name, m.target, m.volume
-                    ))
-                }
-                None => {
-                    targets.insert(&m.target, (&a.name, &m.volume, m.read_only));
-                }
-            }
-            let src = layout.volume(&plan.vendor, &plan.jail.name, &m.volume);
-            let mut options = vec!["rbind".to_string()];
-            options.push(if m.read_only { "ro" } else { "rw" }.into());
-            mounts.push(serde_json::json!({
-                "destination": m.target, "type": "bind", "source": src, "options": options,
-            }));
-        }
-    }
-    let mut linux = serde_json::json!({});
-    if let (true, Some(d)) = (plan.jail.devices.serial, serial) {
-        linux["devices"] = serde_json::json!([{
-            "path": SERIAL_IN_JAIL, "type": "c", "major": d.major, "minor": d.minor,
-            "fileMode": 0o660, "uid": 0, "gid": 0,
-        }]);
-        linux["resources"] = serde_json::json!({ "devices": [
-            { "allow": true, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm" },
-        ]});
-    }
-    let oci: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": { "path": "/", "readonly": false },
-        "process": {
-            "args": args,
-            "env": env(app, image),
-            "cwd": cwd,
-            "user": { "uid": 0, "gid": 0 },
-        },
-        "mounts": mounts,
-        "linux": linux,
-    }))
-    .map_err(|e| format!("build the jail spec: {e}"))?;
+    let runtime = runtime_spec(layout, plan, args, env(app, image), cwd(image), serial)?;
     let dir = layout.overlay(name);
     let rootfs = RootfsOptions::Overlay {
         lowers: stacked_layers(images),
@@ -404,7 +352,69 @@ pub fn build_spec(
         user_ns: None,
         console: Console::LogFile,
     };
-    JailSpec::from_oci(&oci, &opts).map_err(|e| format!("jail spec: {e}"))
+    JailSpec::from_oci(&runtime, &opts).map_err(|e| format!("jail spec: {e}"))
+}
+
+/// The OCI runtime spec of the jail running `plan`: the first app's
+/// process, the mounts of all apps, the serial device when the plan asks for
+/// it and the board has one.
+fn runtime_spec(
+    layout: &Layout,
+    plan: &Plan,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    serial: Option<HostDevice>,
+) -> Result<oci_spec::runtime::Spec, String> {
+    // The apps share one mount namespace: their mounts are merged, and two
+    // apps may name the same target only for the same volume and mode.
+    let mut targets: BTreeMap<&str, (&str, &str, bool)> = BTreeMap::new();
+    let mut mounts = Vec::new();
+    for a in &plan.apps {
+        for m in &a.mounts {
+            if !plan.jail.volumes.iter().any(|v| v.name == m.volume) {
+                return Err(format!("app {} mounts unknown volume {}", a.name, m.volume));
+            }
+            match targets.get(m.target.as_str()) {
+                Some((_, vol, ro)) if *vol == m.volume.as_str() && *ro == m.read_only => continue,
+                Some((other, vol, _)) => {
+                    return Err(format!(
+                        "apps {other} and {} both mount on {} (volumes {vol} and {}); the apps of a plan share the jail's mounts",
+                        a.name, m.target, m.volume
+                    ))
+                }
+                None => {
+                    targets.insert(&m.target, (&a.name, &m.volume, m.read_only));
+                }
+            }
+            let src = layout.volume(&plan.vendor, &plan.jail.name, &m.volume);
+            let mode = if m.read_only { "ro" } else { "rw" };
+            mounts.push(oci::bind_mount(
+                &m.target,
+                src,
+                vec!["rbind".into(), mode.into()],
+            ));
+        }
+    }
+    let mut linux = oci::linux();
+    if let (true, Some(d)) = (plan.jail.devices.serial, serial) {
+        let (major, minor) = (i64::from(d.major), i64::from(d.minor));
+        linux.set_devices(Some(vec![oci::char_device(
+            SERIAL_IN_JAIL,
+            major,
+            minor,
+            0o660,
+            0,
+            0,
+        )]));
+        linux.set_resources(Some(oci::device_resources(vec![oci::allow_char_device(
+            major, minor, "rwm",
+        )])));
+    }
+    let mut spec = oci::spec(oci::root("/", false), oci::process(args, env, cwd, 0, 0));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    Ok(spec)
 }
 
 /// The jail runtime's vendor name of a vendor id (`[a-z0-9-]`).
@@ -879,6 +889,77 @@ mod tests {
             target: target.into(),
             read_only,
         }
+    }
+
+    #[test]
+    fn runtime_spec_equals_its_json_form() {
+        let layout = Layout {
+            state_dir: PathBuf::from("/tmp/st"),
+            cgroup_parent: "berth".into(),
+            broker_port: None,
+        };
+        let mut first = app();
+        first.mounts = vec![mount("data", "/data", true), mount("data", "/rw", false)];
+        let mut plan = plan_of(vec![first]);
+        plan.jail.devices.serial = true;
+        let serial = HostDevice {
+            major: 188,
+            minor: 3,
+        };
+        let built = runtime_spec(
+            &layout,
+            &plan,
+            vec!["/bin/app".into()],
+            vec!["HOME=/root".into()],
+            "/srv".into(),
+            Some(serial),
+        )
+        .unwrap();
+        let src = layout.volume("acme", "app", "data");
+        let want: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": { "path": "/", "readonly": false },
+            "process": {
+                "args": ["/bin/app"], "env": ["HOME=/root"], "cwd": "/srv",
+                "user": { "uid": 0, "gid": 0 },
+            },
+            "mounts": [
+                { "destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro"] },
+                { "destination": "/rw", "type": "bind", "source": src, "options": ["rbind", "rw"] },
+            ],
+            "linux": {
+                "devices": [{
+                    "path": SERIAL_IN_JAIL, "type": "c", "major": 188, "minor": 3,
+                    "fileMode": 0o660, "uid": 0, "gid": 0,
+                }],
+                "resources": { "devices": [
+                    { "allow": true, "type": "c", "major": 188, "minor": 3, "access": "rwm" },
+                ]},
+            },
+        }))
+        .unwrap();
+        assert_eq!(built, want);
+        // Without serial passthrough, and with no mounts: empty members.
+        plan.jail.devices.serial = false;
+        plan.apps[0].mounts.clear();
+        let built = runtime_spec(
+            &layout,
+            &plan,
+            vec!["/a".into()],
+            vec![],
+            "/".into(),
+            Some(serial),
+        )
+        .unwrap();
+        let want: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": { "path": "/", "readonly": false },
+            "process": { "args": ["/a"], "env": [], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "mounts": [],
+            "linux": {},
+        }))
+        .unwrap();
+        assert_eq!(built, want);
     }
 
     #[test]

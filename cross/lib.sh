@@ -8,20 +8,23 @@
 # host's rustup toolchain is neither used nor touched.
 #
 # The armv7 standard library must come from exactly the compiler's version.
-# Two routes, chosen by BERTH_CROSS_STD (auto | prebuilt | build-std):
+# Two routes, chosen by BERTH_CROSS_STD (build-std | prebuilt | auto):
+#   build-std  (default) `-Z build-std` from Debian's `rust-web-src` of the
+#              same version, with RUSTC_BOOTSTRAP=1: std is compiled with
+#              the release profile and std's `optimize_for_size` feature,
+#              without its backtrace symbolizer; the shipped size is this
+#              build's (cross/README.md).
 #   prebuilt   Debian's `libstd-rust-web-dev:armhf` of the same version,
 #              fetched through a private apt state (the machine's dpkg
 #              architectures are left alone) and unpacked into a private
-#              sysroot passed with --sysroot.
-#   build-std  `-Z build-std` from Debian's `rust-web-src` of the same
-#              version, with RUSTC_BOOTSTRAP=1 (std is compiled with the
-#              release profile, so it is also optimised for size).
+#              sysroot passed with --sysroot: no std build, but a std
+#              compiled for speed, 320 KB more in berthd.
 #   auto       prebuilt, falling back to build-std and saying why.
 #
 # Environment:
 #   CARGO_TARGET_DIR   default <repo>/target/cross
 #   BERTH_CROSS_CACHE  private apt state and sysroots, default $CARGO_TARGET_DIR/toolchain
-#   BERTH_CROSS_STD    auto (default) | prebuilt | build-std
+#   BERTH_CROSS_STD    build-std (default) | prebuilt | auto
 #   BERTH_CROSS_LOCKED 1 to pass --locked to cargo
 
 set -euo pipefail
@@ -180,7 +183,7 @@ cross_arm_std_prebuilt() {
 # cross_arm_std: choose the armv7 std route; sets ARM_CARGO_ARGS and the
 # target's rustflags.
 cross_arm_std() {
-    local mode="${BERTH_CROSS_STD:-auto}"
+    local mode="${BERTH_CROSS_STD:-build-std}"
     ARM_CARGO_ARGS=()
     case "$mode" in
     auto | prebuilt)
@@ -193,7 +196,7 @@ cross_arm_std() {
         cross_log "falling back to -Z build-std from $RUST_DEB_SRC_PKG $RUST_DEB_VERSION"
         ;;
     build-std) ;;
-    *) cross_die "BERTH_CROSS_STD must be auto, prebuilt or build-std, not '$mode'" ;;
+    *) cross_die "BERTH_CROSS_STD must be build-std, prebuilt or auto, not '$mode'" ;;
     esac
     cross_apt_install "$RUST_DEB_SRC_PKG"
     local src_version
@@ -204,8 +207,12 @@ cross_arm_std() {
         cross_die "/usr/lib/rustlib/src/rust/library is missing; reinstall $RUST_DEB_SRC_PKG"
     export RUSTC_BOOTSTRAP=1
     unset CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS
-    ARM_CARGO_ARGS=(-Z "build-std=std,panic_abort")
-    cross_log "armv7 std: built from $RUST_DEB_SRC_PKG $RUST_DEB_VERSION (-Z build-std)"
+    # optimize_for_size: std's smaller algorithms (sorting, formatting).
+    # Naming only it also leaves out std's default `backtrace` feature (its
+    # symbolizer: of no use in a stripped binary). Panics still print their
+    # message (not `panic_immediate_abort`).
+    ARM_CARGO_ARGS=(-Z "build-std=std,panic_abort" -Z "build-std-features=optimize_for_size")
+    cross_log "armv7 std: built from $RUST_DEB_SRC_PKG $RUST_DEB_VERSION (-Z build-std, optimize_for_size)"
 }
 
 # cross_target_args TRIPLE: cargo arguments for that target (std route).
@@ -226,6 +233,21 @@ cross_bins() {
             | select(.kind | index("bin"))
             | select(.name == "berthd" or .name == "berth" or .name == "berth-vendor")
             | "\($p) \(.name)"'
+}
+
+# cross_select_bins NAME...: keep in the array `bins` (lines as cross_bins
+# prints them) only the named binaries; an unknown name is an error.
+cross_select_bins() {
+    local name line hit kept=()
+    for name in "$@"; do
+        hit=""
+        for line in "${bins[@]}"; do
+            [ "${line#* }" = "$name" ] && hit="$line"
+        done
+        [ -n "$hit" ] || cross_die "no binary '$name' (the workspace has: ${bins[*]#* })"
+        kept+=("$hit")
+    done
+    bins=("${kept[@]}")
 }
 
 # cross_strip TRIPLE FILE OUT: a stripped copy of FILE at OUT.

@@ -48,9 +48,17 @@ fn preconditions() {
     }
 }
 
+/// This process's own runtime directory for the namespaces of [`NsGuard`]
+/// (not Berth's default, so the suite leaves no mount of its own behind
+/// there): `Netns::create_in` makes it a shared self-bind mount, which the
+/// last guard to go unmounts and removes.
 fn runtime_dir() -> PathBuf {
-    PathBuf::from(netns::DEFAULT_RUNTIME_DIR)
+    PathBuf::from(format!("/run/berth-test-netns-{}", std::process::id()))
 }
+
+/// Live [`NsGuard`]s; held while one is created or removed, so the runtime
+/// directory is unmounted only when no guard is using it.
+static LIVE_GUARDS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
 /// Routes (all tables) as (network, prefix) pairs.
 fn routes() -> Vec<(Ipv4Addr, u8)> {
@@ -101,19 +109,22 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 
 static SUBNET: AtomicU32 = AtomicU32::new(0);
 
-/// A free 10.213.x.0/24 (no route covers it); distinct per call in this
-/// process.
+/// A free 10.224.x.0/24 (no route covers it); distinct per call in this
+/// process. Outside the agent's pool (10.213.0.0/16, which `berth jail run
+/// --net` and berthd take from) and the jail suite's 10.226-227.x, so
+/// suites running at the same time cannot pick the same subnet between a
+/// route check and a bridge's creation.
 fn free_subnet() -> Ipv4Addr {
     let existing = routes();
     for _ in 0..200 {
         let i = SUBNET.fetch_add(1, Ordering::Relaxed);
         let x = ((std::process::id() + i * 7) % 200 + 20) as u8;
-        let net = Ipv4Addr::new(10, 213, x, 0);
+        let net = Ipv4Addr::new(10, 224, x, 0);
         if !existing.iter().any(|r| overlaps(*r, (net, 24))) {
             return net;
         }
     }
-    panic!("precondition missing: no free 10.213.x.0/24 subnet (routes cover them all)");
+    panic!("precondition missing: no free 10.224.x.0/24 subnet (routes cover them all)");
 }
 
 fn host(net: Ipv4Addr, h: u8) -> Ipv4Addr {
@@ -144,7 +155,9 @@ impl NsGuard {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let ns = Netns::create(&name).expect("create netns");
+        let mut live = LIVE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        let ns = Netns::create_in(&runtime_dir(), &name).expect("create netns");
+        *live += 1;
         NsGuard { ns: Some(ns), name }
     }
     fn ns(&self) -> &Netns {
@@ -156,10 +169,17 @@ impl NsGuard {
 }
 impl Drop for NsGuard {
     fn drop(&mut self) {
+        let mut live = LIVE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ns) = self.ns.take() {
             let _ = ns.remove();
         }
-        let _ = Netns::remove_in(&runtime_dir(), &self.name);
+        let dir = runtime_dir();
+        let _ = Netns::remove_in(&dir, &self.name);
+        *live -= 1;
+        if *live == 0 {
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 

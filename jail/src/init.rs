@@ -4,9 +4,10 @@
 //! from a raw clone child), so ordinary Rust is fine here. Create mode:
 //! read the plan, set up the jail (cgroup namespace, mounts, rootfs, /proc,
 //! /sys, /dev, pivot_root, masked and read-only paths, hostname), report
-//! `ok`, block on the start FIFO, then stay PID 1: fork the payload, forward
-//! signals to it, reap every zombie, record the payload's exit status and
-//! exit with it. Exec mode: enter the jail's namespaces through a pidfd,
+//! `ok`, block on the start FIFO, then fork the payload and exec the
+//! reaper (`src/reaper.c`), which stays PID 1: it forwards signals to the
+//! payload, reaps every zombie, records the payload's exit status and exits
+//! with it. Where the reaper cannot be exec'd, init does that itself. Exec mode: enter the jail's namespaces through a pidfd,
 //! fork (to land in its pid namespace), run one command and relay its exit.
 //!
 //! Every failure is reported as `error <step> <path>: <cause>` on the
@@ -121,21 +122,69 @@ fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
     }
     drop(fifo);
 
-    let rec = supervise(&plan.process);
+    let rec = supervise(&plan.process, &status);
     let mut status = status;
     let _ = status.write_all(&serde_json::to_vec(&rec).unwrap_or_default());
-    // Durable unless on tmpfs (where a power cut takes it anyway).
-    let on_tmpfs = nix::sys::statfs::fstatfs(&status)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-    if !on_tmpfs {
+    if !on_tmpfs(&status) {
         let _ = status.sync_all();
     }
     rec.code
 }
 
-/// Forks the payload, forwards signals, reaps zombies; returns how the
-/// payload ended.
-fn supervise(p: &ProcessPlan) -> ExitRecord {
+/// Whether the status file is on tmpfs. The exit record is made durable
+/// unless it is (a power cut takes a tmpfs anyway).
+fn on_tmpfs(status: &fs::File) -> bool {
+    nix::sys::statfs::fstatfs(status)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// The reaper PID 1 becomes once the payload runs: `src/reaper.c`, a
+/// static executable of about 1 KiB that `build.rs` compiles for the
+/// target. Empty for an architecture it has no system calls for.
+static REAPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-reaper"));
+
+/// Replaces this process with the reaper, which from here on forwards
+/// signals to `child`, reaps zombies and writes the exit record to
+/// `status` exactly as [`supervise`] and [`run_create`] do. What the jail
+/// keeps is then a page of code and a page of stack, instead of this
+/// process's libc, heap and page tables (about 130 KiB per jail).
+///
+/// execve(2) keeps what the job needs: the pid (PID 1 of the jail, so the
+/// host's pidfd and recorded start time still name it), the session, the
+/// children, the signal mask and pending signals (init blocked the
+/// forwarded signals and SIGCHLD before the fork, so none is lost across
+/// the exec), and fds without close-on-exec: stdio and, cleared below,
+/// the status fd (the payload was forked while it still closed on exec).
+/// Returns only when the exec could not be done (no memfd, an executable
+/// memfd refused by `vm.memfd_noexec`, no reaper for this architecture);
+/// init then supervises the payload itself.
+fn become_reaper(child: Pid, status: &fs::File) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if REAPER.is_empty() {
+        return;
+    }
+    let Ok(image) = sys::sealed_exec_memfd(c"berth-init", REAPER) else {
+        return;
+    };
+    let sync = if on_tmpfs(status) { c"0" } else { c"1" };
+    let (Ok(pid), Ok(fd)) = (
+        CString::new(child.as_raw().to_string()),
+        CString::new(status.as_raw_fd().to_string()),
+    ) else {
+        return;
+    };
+    if fcntl(status, FcntlArg::F_SETFD(FdFlag::empty())).is_err() {
+        return;
+    }
+    let argv = [c"berth-init", pid.as_c_str(), fd.as_c_str(), sync];
+    let _ = sys::execveat_fd(image.as_fd(), &argv, &[]);
+    let _ = fcntl(status, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
+/// Forks the payload, then becomes the reaper; where that cannot be done,
+/// forwards signals and reaps zombies itself and returns how the payload
+/// ended.
+fn supervise(p: &ProcessPlan, status: &fs::File) -> ExitRecord {
     let mut all = FORWARDED.to_vec();
     all.push(libc::SIGCHLD);
     if sys::install_forwarding(&all).is_err() {
@@ -160,6 +209,7 @@ fn supervise(p: &ProcessPlan) -> ExitRecord {
             };
         }
     };
+    become_reaper(child, status);
     loop {
         let sig = match sys::wait_signal(&all) {
             Ok(s) => s,
@@ -926,6 +976,121 @@ mod tests {
         assert!(r == "/bin/sh" || r == "/usr/bin/sh", "{r}");
         assert_eq!(resolve("/x/y", &env), "/x/y");
         assert_eq!(resolve("no-such-binary-here", &env), "no-such-binary-here");
+    }
+
+    /// The embedded reaper is a static executable of this target that
+    /// fits in one page: no interpreter, no writable segment.
+    #[test]
+    fn reaper_is_one_static_page_for_this_target() {
+        assert!(
+            !REAPER.is_empty(),
+            "build.rs builds a reaper for this target"
+        );
+        assert_eq!(&REAPER[..4], b"\x7fELF");
+        let wide = REAPER[4] == 2;
+        assert_eq!(wide, cfg!(target_pointer_width = "64"));
+        let u16_at = |o: usize| u16::from_le_bytes([REAPER[o], REAPER[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(REAPER[o..o + 4].try_into().unwrap());
+        let machine = match std::env::consts::ARCH {
+            "x86_64" => 62,
+            "aarch64" => 183,
+            "arm" => 40,
+            other => panic!("no reaper expected for {other}"),
+        };
+        assert_eq!(u16_at(16), 2, "ET_EXEC");
+        assert_eq!(u16_at(18), machine);
+        let (phoff, phentsize, phnum) = if wide {
+            (
+                u64::from_le_bytes(REAPER[32..40].try_into().unwrap()) as usize,
+                u16_at(54) as usize,
+                u16_at(56) as usize,
+            )
+        } else {
+            (
+                u32_at(28) as usize,
+                u16_at(42) as usize,
+                u16_at(44) as usize,
+            )
+        };
+        let mut loads = 0;
+        for i in 0..phnum {
+            let ph = phoff + i * phentsize;
+            let (kind, flags) = if wide {
+                (u32_at(ph), u32_at(ph + 4))
+            } else {
+                (u32_at(ph), u32_at(ph + 24))
+            };
+            assert_ne!(kind, 3, "PT_INTERP: the reaper must be static");
+            if kind == 1 {
+                loads += 1;
+                assert_eq!(flags & 2, 0, "a writable PT_LOAD");
+            }
+        }
+        assert_eq!(loads, 1);
+        assert!(REAPER.len() <= 4096, "{} bytes", REAPER.len());
+    }
+
+    /// Runs the reaper as a shell's exec with `script`'s children, the
+    /// last one started being the payload; returns the exit code and what
+    /// it wrote to stdout (its status fd here).
+    fn run_reaper(script: &str) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("reaper");
+        fs::write(&exe, REAPER).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let full = format!("{script}\nexec \"$R\" $! 1 0");
+        // Another test's fork may briefly hold the new file open for
+        // writing (ETXTBSY, sh exits 126): try again.
+        for _ in 0..20 {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&full)
+                .env("R", &exe)
+                .output()
+                .unwrap();
+            if out.status.code() != Some(126) {
+                return (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the reaper could not be run");
+    }
+
+    #[test]
+    fn reaper_records_the_payload_and_reaps_other_children() {
+        // A child that is not the payload ends first: reaped, not taken
+        // for the payload.
+        let (code, out) = run_reaper("sh -c 'exit 9' &\nsh -c 'sleep 0.3; exit 3' &");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(3), r#"{"code":3,"signal":null}"#)
+        );
+        let (code, out) = run_reaper("sh -c 'kill -KILL $$' &");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(137), r#"{"code":137,"signal":9}"#)
+        );
+    }
+
+    #[test]
+    fn reaper_forwards_term_to_the_payload() {
+        // TERM to the reaper's pid (the shell's $$ survives the exec)
+        // reaches the payload, which dies of it.
+        let (code, out) = run_reaper("(sleep 0.3; kill -TERM $$) &\nsleep 10 &");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(143), r#"{"code":143,"signal":15}"#)
+        );
+        let (code, out) = run_reaper(
+            "(sleep 0.3; kill -USR1 $$) &\nsh -c 'trap \"exit 5\" USR1; while :; do sleep 0.05; done' &",
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(5), r#"{"code":5,"signal":null}"#)
+        );
     }
 
     fn open_dir(p: &Path) -> OwnedFd {

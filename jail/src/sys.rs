@@ -584,6 +584,57 @@ pub fn execve(path: &CStr, argv: &[&CStr], envp: &[&CStr]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// A sealed, executable memfd holding `image` (memfd_create(2) with
+/// `MFD_EXEC` where the kernel knows it, 6.3 and later; then write, and
+/// seals against any change, as runc's memfd-bind does for its binary).
+/// Close-on-exec; `execveat(fd, "", AT_EMPTY_PATH)` runs it without any
+/// path, so neither the jail's root nor a masked /proc matters.
+pub fn sealed_exec_memfd(name: &CStr, image: &[u8]) -> io::Result<OwnedFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned below.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | libc::MFD_EXEC) };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // Before 6.3 the flag is unknown and memfds are executable.
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, image)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on an fd this function owns.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(f))
+}
+
+/// execveat(2) of the file `fd` refers to (`AT_EMPTY_PATH`). Returns only
+/// on failure.
+pub fn execveat_fd(fd: BorrowedFd<'_>, argv: &[&CStr], envp: &[&CStr]) -> io::Error {
+    let mut a: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: a valid fd, an empty NUL-terminated path, and NULL-terminated
+    // arrays of pointers to C strings that outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            a.as_ptr(),
+            e.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
 /// _exit(2): ends a forked child of berth-init without running the
 /// parent's atexit handlers or flushing its buffers a second time.
 pub fn exit_now(code: i32) -> ! {

@@ -448,6 +448,119 @@ fn stop_is_quick_when_payload_honours_term() {
     assert_no_leaks(&spec);
 }
 
+/// PID 1 of a running jail is the reaper init execs (`src/reaper.c`):
+/// it reaps an orphan reparented to it, forwards SIGTERM to the payload,
+/// and writes the exit record, for an exit code and for a signal, as the
+/// same bytes as serde_json of `ExitRecord`.
+#[test]
+#[ignore = "privileged: needs root"]
+fn reaper_reaps_orphans_forwards_term_and_records_the_exit() {
+    let env = Env::new();
+    // The subshell starts a sleep in the background and ends at once, so
+    // the sleep is reparented to PID 1; the payload ends with 7 on TERM.
+    let coded = env.spec(
+        &unique("reap"),
+        "(sleep 2 & echo $! > /tmp/orphan); trap 'exit 7' TERM; echo ready; \
+         while :; do sleep 0.1; done",
+    );
+    let signalled = env.spec(&unique("reap"), "echo ready; exec sleep 1000");
+    let (c2, s2) = (coded.clone(), signalled.clone());
+    let dir = |s: &JailSpec| env.state_root().join(s.name.as_str());
+    let (cdir, sdir) = (dir(&coded), dir(&signalled));
+    rt().block_on(async move {
+        let mut j = Jail::create(c2).await.unwrap();
+        j.start().await.unwrap();
+        let pid = j.pid().unwrap();
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(cdir.join("console.log"))
+                .unwrap_or_default()
+                .contains("ready")
+        }));
+        // PID 1 is the reaper: the memfd image, named as init, and a few
+        // pages instead of init's libc and heap (about 2 MiB of RSS).
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            exe.to_string_lossy().starts_with("/memfd:berth-init"),
+            "{exe:?}"
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm, "berth-init\n");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap();
+        assert!(rss <= 64, "reaper RSS {rss} kB: {status}");
+
+        // The orphan is a child of PID 1 while it sleeps ...
+        let o = exec(&j, "o=$(cat /tmp/orphan); cut -d' ' -f3,4 /proc/$o/stat").await;
+        assert_eq!(text(&o.stdout), "S 1\n", "{}", text(&o.stderr));
+        // ... and once it has ended it is reaped: a zombie nobody waits
+        // for would stay in /proc with state Z.
+        let mut gone = String::new();
+        for _ in 0..50 {
+            let o = exec(
+                &j,
+                "o=$(cat /tmp/orphan); if [ -e /proc/$o ]; then cut -d' ' -f3 /proc/$o/stat; \
+                 else echo gone; fi",
+            )
+            .await;
+            gone = text(&o.stdout);
+            if gone == "gone\n" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(gone, "gone\n", "the orphan was not reaped");
+
+        // TERM to PID 1 reaches the payload, which exits with 7.
+        j.kill(libc::SIGTERM).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), j.wait())
+            .await
+            .expect("the payload ends on TERM")
+            .unwrap();
+        assert_eq!(
+            r,
+            jail::ExitRecord {
+                code: 7,
+                signal: None
+            }
+        );
+        let bytes = std::fs::read(cdir.join("status")).unwrap();
+        assert_eq!(text(&bytes), r#"{"code":7,"signal":null}"#);
+        assert_eq!(bytes, serde_json::to_vec(&r).unwrap());
+        j.delete().await.unwrap();
+
+        // Killed by the forwarded TERM: 128 + 15 and the signal.
+        let mut j = Jail::create(s2).await.unwrap();
+        j.start().await.unwrap();
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(sdir.join("console.log"))
+                .unwrap_or_default()
+                .contains("ready")
+        }));
+        j.kill(libc::SIGTERM).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), j.wait())
+            .await
+            .expect("the payload ends on TERM")
+            .unwrap();
+        assert_eq!(
+            r,
+            jail::ExitRecord {
+                code: 143,
+                signal: Some(15)
+            }
+        );
+        let bytes = std::fs::read(sdir.join("status")).unwrap();
+        assert_eq!(text(&bytes), r#"{"code":143,"signal":15}"#);
+        assert_eq!(bytes, serde_json::to_vec(&r).unwrap());
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&coded);
+    assert_no_leaks(&signalled);
+}
+
 #[test]
 #[ignore = "privileged: needs root"]
 fn init_leads_a_session_of_its_own() {

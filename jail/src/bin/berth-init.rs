@@ -3,14 +3,12 @@
 //! reads its plan from fd 3. See `jail::init` for what it does.
 //!
 //! Footprint: one copy runs per jail, so its private memory is the per-jail
-//! cost of Berth. The build script links it non-PIE (private dirty memory
-//! per init 136 -> 120 KiB on x86_64). Linked statically as well there are
-//! no relocated pages of ld.so, libc and libgcc_s to keep per process:
-//! measured on x86_64 with 20 idle jails, private dirty memory per init
-//! falls to 76 KiB and the jail's cgroup charge from 411 KiB to 338 KiB.
-//! Build it that way with
-//! `cargo rustc --release -p jail --bin berth-init -- -C target-feature=+crt-static -C relocation-model=static`
-//! (flags for this binary only; the daemon stays dynamic).
+//! cost of Berth. Once the payload runs, init execs the reaper embedded in
+//! it (`jail/src/reaper.c`, about 1 KiB, no libc), and what stays of PID 1
+//! is a page of code and a page of stack: per idle jail the cgroup charge
+//! fell from 396-421 to 272-276 KiB (`bench/jail-start`, 50 jails, x86_64).
+//! Until then, the build script links it non-PIE, so its relocated data
+//! stays shared page cache.
 
 fn main() {
     std::process::exit(jail::init::main());

@@ -833,7 +833,7 @@ async fn cmd_run(
     let outcome = run_payload(&mut jail).await;
     mark(t0, "payload ended");
     // Memory accounting survives the payload until the cgroup goes.
-    let oom_kills = jail.stats().await.map(|s| s.cgroup.oom_kills).unwrap_or(0);
+    let oom_kills = jail.oom_kills().await.unwrap_or(0);
     let vendor = opts.vendor.clone();
     let removed = {
         let _lock = lock_state(ctx, true).await?;
@@ -862,7 +862,8 @@ async fn cmd_run(
 }
 
 /// Starts the payload and waits for it, forwarding SIGINT, SIGTERM and
-/// SIGHUP sent to berth to the jail.
+/// SIGHUP sent to berth to the jail. For `run`, which deletes the jail
+/// after.
 async fn run_payload(jail: &mut Jail) -> Result<jail::ExitRecord, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).map_err(CliError::Runtime)?;
@@ -876,7 +877,8 @@ async fn run_payload(jail: &mut Jail) -> Result<jail::ExitRecord, CliError> {
             _ = int.recv() => libc_sig::INT,
             _ = term.recv() => libc_sig::TERM,
             _ = hup.recv() => libc_sig::HUP,
-            rec = jail.wait() => return rec.map_err(jail_err),
+            // The jail is deleted right after: no phase to save.
+            rec = jail.wait_before_delete() => return rec.map_err(jail_err),
         };
         if let Err(e) = jail.kill(sig) {
             tracing::debug!(error = %e, "forwarding a signal to the jail");

@@ -334,6 +334,16 @@ impl Cgroup {
         Ok(s)
     }
 
+    /// Tasks the OOM killer has killed in the cgroup: [`crate::Stats::oom_kills`]
+    /// alone, one file read instead of every counter.
+    pub fn oom_kills(&self) -> Result<u64, Error> {
+        match self.target(Controller::Memory)? {
+            Some(Target::V1(d)) => v1::oom_kills(&d),
+            Some(Target::V2(d)) => v2::oom_kills(&d),
+            None => Ok(0),
+        }
+    }
+
     /// Stops every task in the cgroup; returns once they are all frozen.
     pub fn freeze(&self) -> Result<(), Error> {
         self.set_frozen(true)
@@ -907,8 +917,10 @@ mod tests {
             oom_kills: 3,
         };
         assert_eq!(cg.stats().unwrap(), want);
+        assert_eq!(cg.oom_kills().unwrap(), 3);
         fs::remove_file(d("memory").join("memory.max_usage_in_bytes")).unwrap();
         fs::remove_file(d("memory").join("memory.oom_control")).unwrap();
+        assert_eq!(cg.oom_kills().unwrap(), 0);
         let s = cg.stats().unwrap();
         assert_eq!(
             (s.memory_peak, s.oom_kills, s.memory_current),
@@ -949,6 +961,7 @@ mod tests {
             oom_kills: 2,
         };
         assert_eq!(cg.stats().unwrap(), want);
+        assert_eq!(cg.oom_kills().unwrap(), 2);
         files(&d, &[("memory.peak", "8192\n")]);
         assert_eq!(cg.stats().unwrap().memory_peak, Some(8192));
     }

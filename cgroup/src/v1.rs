@@ -117,12 +117,18 @@ pub(crate) fn io(dir: &Path, weight: u16) -> Result<bool, Error> {
 pub(crate) fn memory_stats(dir: &Path, s: &mut Stats) -> Result<(), Error> {
     s.memory_current = read_u64(&dir.join("memory.usage_in_bytes"))?;
     s.memory_peak = read_u64_opt(&dir.join("memory.max_usage_in_bytes")).unwrap_or(None);
-    let oc = dir.join("memory.oom_control");
-    // The oom_kill line exists since Linux 4.13.
-    if let Some(text) = fsutil::read_opt(&oc)? {
-        s.oom_kills = keyed(&oc, &text, "oom_kill")?.unwrap_or(0);
-    }
+    s.oom_kills = oom_kills(dir)?;
     Ok(())
+}
+
+/// The `oom_kill` count of `memory.oom_control` (since Linux 4.13; 0
+/// before).
+pub(crate) fn oom_kills(dir: &Path) -> Result<u64, Error> {
+    let oc = dir.join("memory.oom_control");
+    match fsutil::read_opt(&oc)? {
+        Some(text) => Ok(keyed(&oc, &text, "oom_kill")?.unwrap_or(0)),
+        None => Ok(0),
+    }
 }
 
 /// `cpuacct.usage` is in nanoseconds.

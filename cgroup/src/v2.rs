@@ -130,11 +130,17 @@ pub(crate) fn memory_stats(dir: &Path, s: &mut Stats) -> Result<(), Error> {
     s.memory_current = read_u64(&dir.join("memory.current"))?;
     // memory.peak exists since Linux 5.19.
     s.memory_peak = read_u64_opt(&dir.join("memory.peak")).unwrap_or(None);
-    let ev = dir.join("memory.events");
-    if let Some(text) = fsutil::read_opt(&ev)? {
-        s.oom_kills = keyed(&ev, &text, "oom_kill")?.unwrap_or(0);
-    }
+    s.oom_kills = oom_kills(dir)?;
     Ok(())
+}
+
+/// The `oom_kill` count of `memory.events`.
+pub(crate) fn oom_kills(dir: &Path) -> Result<u64, Error> {
+    let ev = dir.join("memory.events");
+    match fsutil::read_opt(&ev)? {
+        Some(text) => Ok(keyed(&ev, &text, "oom_kill")?.unwrap_or(0)),
+        None => Ok(0),
+    }
 }
 
 /// `usage_usec` in `cpu.stat`, a core file present without the cpu

@@ -325,6 +325,14 @@ impl Jail {
         self.wait_inner(true).await
     }
 
+    /// [`Jail::wait`] for a caller that deletes the jail right after (as
+    /// `berth jail run` does): phase `stopped` is not saved. Nothing is
+    /// lost if the caller dies before the delete: liveness is judged from
+    /// the pid and its start time, and [`recover`] removes the jail.
+    pub async fn wait_before_delete(&mut self) -> Result<ExitRecord, Error> {
+        self.wait_inner(false).await
+    }
+
     /// [`Jail::wait`]; `persist` saves phase `stopped` (durably). [`run`]
     /// deletes the jail right after, and liveness is always judged from
     /// the pid and its start time, never from the phase alone, so it skips
@@ -387,6 +395,21 @@ impl Jail {
                 self.wait().await
             }
         }
+    }
+
+    /// Tasks the OOM killer has killed in the jail's cgroup (only that
+    /// counter, cheaper than [`Jail::stats`]).
+    pub async fn oom_kills(&self) -> Result<u64, Error> {
+        let spec = self.state.spec.clone();
+        blocking(move || {
+            open_cgroup(&spec)?
+                .oom_kills()
+                .map_err(|source| Error::Cgroup {
+                    path: spec.cgroup_path.clone(),
+                    source,
+                })
+        })
+        .await
     }
 
     /// Cgroup usage plus pid and phase.

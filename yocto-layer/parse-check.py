@@ -365,7 +365,7 @@ def main():
             fails.check(False, "berth_git.bb parsed")
         else:
             check_berth(bb, berth, args.repo, layer, fails)
-            for pc, feats in (("", ""), ("ble", "ble"), ("ble lxd", "ble lxd"), ("lxd", "lxd")):
+            for pc, feats in (("", ""), ("ble", "agent/ble"), ("ble lxd", "agent/ble agent/lxd"), ("lxd", "agent/lxd")):
                 rd = parse(bb, config(**{"PACKAGECONFIG:pn-berth": pc}), os.path.join(layer, "recipes-berth/berth/berth_git.bb"), [])
                 flags = rd.getVar("CARGO_BUILD_FLAGS")
                 fails.check(flags.endswith(f"--no-default-features --features '{feats}'"),
@@ -423,7 +423,13 @@ def check_berth(bb, rd, repo, layer, fails):
             name = u.split(";")[0][len("file://"):]
             fails.check(any(os.path.isfile(os.path.join(p, name)) for p in filespath), f"berth source {name} exists")
     fails.check(rd.getVar("SYSTEMD_SERVICE:berth") == "berthd.service", "berth enables berthd.service")
-    fails.check(rd.getVar("CARGO_SRC_DIR") == "agent", "berth builds the agent package")
+    fails.check(rd.getVar("CARGO_SRC_DIR") == "", "berth builds from the workspace root")
+    flags = rd.getVar("CARGO_BUILD_FLAGS").split()
+    for b in ("berthd", "berth", "berth-init"):
+        fails.check(f"--bin={b}" in flags or any(a == "--bin" and n == b for a, n in zip(flags, flags[1:])),
+                    f"berth builds the {b} binary")
+    fails.check("-Csymbol-mangling-version=v0" in (rd.getVar("RUSTFLAGS") or ""),
+                "berth builds with v0 symbol names, as agent/berthd-hot.ld needs")
     install = rd.getVar("do_install") or ""
     for path in ("/etc/berth/berthd.toml", "/etc/berth/rules.toml", "/etc/berth/board.toml", "/var/lib/berth",
                  "/usr/lib/systemd/system/berthd.service"):

@@ -29,8 +29,10 @@ require berth-crates.inc
 
 REQUIRED_DISTRO_FEATURES = "systemd"
 
-# The agent package holds both binaries (berthd and berth).
-CARGO_SRC_DIR = "agent"
+# The workspace root: the agent package holds berthd and berth, the jail
+# package berth-init, the PID 1 of every jail, which berth and berthd look
+# for beside themselves (all three go to ${bindir}).
+CARGO_SRC_DIR = ""
 
 # Optional backends map to the agent's cargo features of the same name.
 PACKAGECONFIG ??= "ble"
@@ -39,8 +41,14 @@ PACKAGECONFIG ??= "ble"
 PACKAGECONFIG[ble] = ",,,bluez5 dbus"
 # LXD as an alternative jail backend (meta-virtualization).
 PACKAGECONFIG[lxd] = ",,,lxd"
-BERTH_CARGO_FEATURES = "${@' '.join(f for f in ('ble', 'lxd') if bb.utils.contains('PACKAGECONFIG', f, True, False, d))}"
-CARGO_BUILD_FLAGS:append = " --no-default-features --features '${BERTH_CARGO_FEATURES}'"
+BERTH_CARGO_FEATURES = "${@' '.join('agent/' + f for f in ('ble', 'lxd') if bb.utils.contains('PACKAGECONFIG', f, True, False, d))}"
+CARGO_BUILD_FLAGS:append = " -p agent -p jail --bin berthd --bin berth --bin berth-init \
+                             --no-default-features --features '${BERTH_CARGO_FEATURES}'"
+
+# Symbol names in the v0 scheme, as the source tree's .cargo/config.toml
+# asks of every build (a RUSTFLAGS variable replaces that file's flags):
+# berthd's hot-text linker script, agent/berthd-hot.ld, names functions so.
+RUSTFLAGS:append = " -Csymbol-mangling-version=v0"
 
 # Which board-configs/*.toml becomes /etc/berth/board.toml.
 # Set it in local.conf for other machines.

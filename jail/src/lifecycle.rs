@@ -33,7 +33,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::error::Error;
 use crate::name::host_veth;
 use crate::plan::{CreatePlan, ExecPlan, InitPlan, Mode, ProcessPlan, RootfsPlan, PLAN_VERSION};
-use crate::spec::{Console, JailSpec, RootfsOptions, DEFAULT_PATH};
+use crate::spec::{Console, JailSpec, NetOptions, RootfsOptions, DEFAULT_PATH};
 use crate::state::{
     jail_dir, list_names, proc_start_time, read_exit, ExitRecord, JailState, Phase, CONSOLE_FILE,
     FIFO_FILE, STATE_VERSION, STATUS_FILE,
@@ -715,12 +715,7 @@ async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result
     let owner = owner(&jail.state.spec);
     let n2 = n.clone();
     let addr = blocking(move || {
-        let mut a =
-            netns::Allocator::open(&n2.allocator_dir, &n2.bridge, n2.gateway, n2.prefix_len)
-                .map_err(|source| Error::Net {
-                    what: format!("allocator {}", n2.allocator_dir.display()),
-                    source: Box::new(source),
-                })?;
+        let mut a = open_allocator(&n2)?;
         a.allocate(&owner).map_err(|source| Error::Net {
             what: format!("allocate address on {}", n2.bridge),
             source: Box::new(source),
@@ -785,6 +780,16 @@ async fn clear_stale_veth(c: &netns::Net, host_if: &str) -> Result<(), Error> {
     c.delete_link(host_if).await.map_err(|source| Error::Net {
         what: format!("delete stale {host_if}"),
         source: Box::new(source),
+    })
+}
+
+/// The address allocator of a jail's bridge.
+fn open_allocator(n: &NetOptions) -> Result<netns::Allocator, Error> {
+    netns::Allocator::open(&n.allocator_dir, &n.bridge, n.gateway, n.prefix_len).map_err(|source| {
+        Error::Net {
+            what: format!("allocator {}", n.allocator_dir.display()),
+            source: Box::new(source),
+        }
     })
 }
 
@@ -1402,12 +1407,7 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
         let owner = owner(&spec);
         let host_if = state.host_veth.clone();
         let r = blocking(move || {
-            let mut a =
-                netns::Allocator::open(&n.allocator_dir, &n.bridge, n.gateway, n.prefix_len)
-                    .map_err(|source| Error::Net {
-                        what: format!("allocator {}", n.allocator_dir.display()),
-                        source: Box::new(source),
-                    })?;
+            let mut a = open_allocator(&n)?;
             match &host_if {
                 Some(link) => a.release_after_link(&owner, link),
                 None => a.release(&owner),

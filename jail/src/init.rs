@@ -7,8 +7,9 @@
 //! `ok`, block on the start FIFO, then fork the payload and exec the
 //! reaper (`src/reaper.c`), which stays PID 1: it forwards signals to the
 //! payload, reaps every zombie, records the payload's exit status and exits
-//! with it. Where the reaper cannot be exec'd, init does that itself. Exec mode: enter the jail's namespaces through a pidfd,
-//! fork (to land in its pid namespace), run one command and relay its exit.
+//! with it. Where the reaper cannot be exec'd, init does that itself.
+//! Exec mode: enter the jail's namespaces through a pidfd, fork (to land in
+//! its pid namespace), run one command and relay its exit.
 //!
 //! Every failure is reported as `error <step> <path>: <cause>` on the
 //! report pipe, which the parent turns into a

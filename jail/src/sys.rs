@@ -572,13 +572,18 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// The NULL-terminated array of pointers execve(2) takes for argv and envp;
+/// it borrows `items`, which must outlive the call.
+fn c_array(items: &[&CStr]) -> Vec<*const c_char> {
+    let mut v: Vec<*const c_char> = items.iter().map(|s| s.as_ptr()).collect();
+    v.push(std::ptr::null());
+    v
+}
+
 /// execve(2) with prepared NUL-terminated strings (berth-init side,
 /// single-threaded, so allocation here is fine).
 pub fn execve(path: &CStr, argv: &[&CStr], envp: &[&CStr]) -> io::Error {
-    let mut a: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-    a.push(std::ptr::null());
-    let mut e: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
-    e.push(std::ptr::null());
+    let (a, e) = (c_array(argv), c_array(envp));
     // SAFETY: NULL-terminated arrays of pointers to live C strings.
     unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
     io::Error::last_os_error()
@@ -616,10 +621,7 @@ pub fn sealed_exec_memfd(name: &CStr, image: &[u8]) -> io::Result<OwnedFd> {
 /// execveat(2) of the file `fd` refers to (`AT_EMPTY_PATH`). Returns only
 /// on failure.
 pub fn execveat_fd(fd: BorrowedFd<'_>, argv: &[&CStr], envp: &[&CStr]) -> io::Error {
-    let mut a: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-    a.push(std::ptr::null());
-    let mut e: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
-    e.push(std::ptr::null());
+    let (a, e) = (c_array(argv), c_array(envp));
     // SAFETY: a valid fd, an empty NUL-terminated path, and NULL-terminated
     // arrays of pointers to C strings that outlive the call.
     unsafe {

@@ -71,9 +71,8 @@ impl Cgroup {
             h: h.clone(),
             rel: rel.to_path_buf(),
         };
-        if let Some(d) = cg.dirs().into_iter().find(|d| d.exists()) {
-            return Err(Error::AlreadyExists { path: d });
-        }
+        // No existence check first: mkdir(2) of the last component fails
+        // with EEXIST, and what was made by then is removed below.
         let mut created = Vec::new();
         if let Err(err) = cg.make_dirs(&mut created) {
             let mut cleanup = None;
@@ -116,6 +115,19 @@ impl Cgroup {
             tracing::warn!(path = %d.display(), "cgroup directory missing in one hierarchy");
         }
         Ok(cg)
+    }
+
+    /// Destroys the cgroup at `rel` (as [`Cgroup::destroy`]) if it has a
+    /// directory in any hierarchy; nothing to do is success. Without the
+    /// existence checks of [`Cgroup::open`]: an empty cgroup goes in one
+    /// `rmdir(2)` per hierarchy.
+    pub fn destroy_at(h: &Hierarchy, rel: &Path) -> Result<(), Error> {
+        h.check_owned(rel)?;
+        Cgroup {
+            h: h.clone(),
+            rel: rel.to_path_buf(),
+        }
+        .destroy()
     }
 
     /// True when the cgroup has a directory in any managed hierarchy.
@@ -366,6 +378,11 @@ impl Cgroup {
     /// are now empty (parents shared with other cgroups stay).
     pub fn destroy(self) -> Result<(), Error> {
         self.h.check_owned(&self.rel)?;
+        if self.remove_if_empty() {
+            self.remove_parents();
+            tracing::debug!(cgroup = %self.rel.display(), "destroyed (was empty)");
+            return Ok(());
+        }
         self.kill_all()?;
         let mut first_err = None;
         for d in self.dirs() {
@@ -380,6 +397,23 @@ impl Cgroup {
         self.remove_parents();
         tracing::debug!(cgroup = %self.rel.display(), "destroyed");
         Ok(())
+    }
+
+    /// The common case of a jail whose tasks are all gone: one `rmdir(2)`
+    /// per hierarchy, without listing tasks or children first. The kernel
+    /// refuses to remove a cgroup that still has tasks or child cgroups
+    /// (EBUSY, ENOTEMPTY), so a busy cgroup is never lost here; any
+    /// refusal returns false and leaves the rest to the full path (kill,
+    /// walk, remove), which skips the directories already gone.
+    fn remove_if_empty(&self) -> bool {
+        for d in self.dirs() {
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Every pid in the cgroup and its descendants, in any hierarchy.

@@ -568,8 +568,11 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
         "unshare cgroup namespace".into()
     })?;
     // The jail's own network namespace: loopback up (a networked jail's
-    // veth is configured by the parent meanwhile, before `start`).
-    step(sys::loopback_up(), || "bring up lo".into())?;
+    // veth is configured by the parent meanwhile, before `start`), unless
+    // the host made the namespace with it up already.
+    if !plan.net_ready {
+        step(sys::loopback_up(), || "bring up lo".into())?;
+    }
     // Nothing we mount may propagate back to the host.
     mnt(
         None,

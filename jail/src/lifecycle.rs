@@ -200,6 +200,14 @@ impl Jail {
     ///
     /// [`start`]: Jail::start
     pub async fn create(spec: JailSpec) -> Result<Jail, Error> {
+        // The network namespace is made meanwhile (see `prepare_netns`).
+        // In a user namespace it must belong to the jail's: the clone
+        // makes that one.
+        let net = if spec.user_ns.is_none() {
+            prepare_netns()
+        } else {
+            None
+        };
         let dir = jail_dir(&spec.state_root, spec.name.as_str());
         let state = {
             let dir = dir.clone();
@@ -211,7 +219,7 @@ impl Jail {
             state,
             pidfd: None,
         };
-        match create_rest(&mut jail).await {
+        match create_rest(&mut jail, net).await {
             Ok(()) => Ok(jail),
             Err(e) => {
                 if let Some(fd) = &jail.pidfd {
@@ -529,9 +537,25 @@ fn hierarchy(spec: &JailSpec) -> Result<cgroup::Hierarchy, Error> {
         path: spec.cgroup_path.clone(),
         source,
     };
-    cgroup::Hierarchy::detect()
+    detected_hierarchy()
         .and_then(|h| h.with_prefix(cgroup_parent(spec)))
         .map_err(err)
+}
+
+/// The host's cgroup layout. A one-shot command (see
+/// [`set_inline_blocking`]) reads the mount table once, not at each of
+/// create, stats and delete; a daemon reads it each time, as cgroup mounts
+/// may change over its life.
+fn detected_hierarchy() -> Result<cgroup::Hierarchy, cgroup::Error> {
+    static ONCE: std::sync::OnceLock<cgroup::Hierarchy> = std::sync::OnceLock::new();
+    if !INLINE_BLOCKING.load(std::sync::atomic::Ordering::Relaxed) {
+        return cgroup::Hierarchy::detect();
+    }
+    if let Some(h) = ONCE.get() {
+        return Ok(h.clone());
+    }
+    let h = cgroup::Hierarchy::detect()?;
+    Ok(ONCE.get_or_init(|| h).clone())
 }
 
 fn cgroup_parent(spec: &JailSpec) -> PathBuf {
@@ -623,32 +647,51 @@ fn limits(spec: &JailSpec) -> cgroup::Limits {
     }
 }
 
+/// A network namespace with its loopback up, made on a thread of its own
+/// while create writes the state record and makes the cgroup (see
+/// [`sys::new_netns_lo_up`]). `None` if no thread could be started: the
+/// clone then makes the namespace, and init brings `lo` up.
+fn prepare_netns() -> Option<std::thread::JoinHandle<Result<OwnedFd, Error>>> {
+    std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(|| {
+            let fd = sys::new_netns_lo_up().map_err(Error::io("new network namespace"))?;
+            high(&fd)
+        })
+        .ok()
+}
+
+type NetThread = Option<std::thread::JoinHandle<Result<OwnedFd, Error>>>;
+
 /// Everything of create after the state record exists.
-async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
+async fn create_rest(jail: &mut Jail, net: NetThread) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let spec = jail.state.spec.clone();
 
     // Cgroup with limits.
     let h = {
         let spec = spec.clone();
-        blocking(move || {
-            let h = hierarchy(&spec)?;
-            let err = |source| Error::Cgroup {
-                path: spec.cgroup_path.clone(),
-                source,
-            };
-            let cg = cgroup::Cgroup::create(&h, &spec.cgroup_path).map_err(err)?;
-            cg.apply(&limits(&spec)).map_err(err)?;
-            Ok(h)
-        })
-        .await?
+        blocking(move || create_cgroup(&spec)).await?
     };
     mark(t0, "cgroup created");
 
-    // Files in the state directory and the init process.
+    // Files in the state directory and the init process. Init joins the
+    // cgroup itself, writing "0" to the v1 `tasks` files (a thread moving
+    // itself skips the kernel's global threadgroup lock, whose write side
+    // waits for an RCU grace period), and is born in the v2 directory.
     let dir = jail.dir.clone();
     let spec2 = spec.clone();
-    let mut spawned = blocking(move || spawn_create(&dir, &spec2, &h)).await?;
+    let mut spawned = blocking(move || {
+        let netns = match net {
+            Some(t) => Some(
+                t.join()
+                    .map_err(|_| Error::Join("the network namespace thread panicked".into()))??,
+            ),
+            None => None,
+        };
+        spawn_create(&dir, &spec2, &h, netns)
+    })
+    .await?;
     mark(t0, "init cloned");
     jail.pidfd = Some(spawned.pidfd.clone());
     jail.state.pid = Some(spawned.pid);
@@ -674,7 +717,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     let spec2 = spec.clone();
     let mut spawned = blocking(move || {
         spawned.release()?;
-        let plan = create_plan(&dir, &spec2)?;
+        let plan = create_plan(&dir, &spec2, spawned.netns.is_some())?;
         spawned.send_plan(&plan);
         Ok(spawned)
     })
@@ -686,7 +729,11 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     // namespace. Nothing in the jail runs before `start`, which comes
     // after both are done; init's setup needs nothing of the network
     // (it only brings up loopback).
-    if let Err(e) = create_net(jail, spawned.pid, t0).await {
+    let ns = match &spawned.netns {
+        Some(fd) => netns::NsRef::Fd(fd.as_raw_fd()),
+        None => netns::NsRef::Pid(spawned.pid),
+    };
+    if let Err(e) = create_net(jail, ns, t0).await {
         // An init that failed meanwhile (its namespace gone with it)
         // explains the network error: report its failure first.
         return Err(match blocking(move || spawned.wait_setup()).await {
@@ -705,10 +752,26 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     r
 }
 
-/// The host side of a networked jail whose init is `pid`: an address from
-/// the bridge's allocator, the bridge, and the veth pair with its jail end
-/// in init's network namespace, configured.
-async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result<(), Error> {
+/// Creates the cgroup of `spec` with its limits.
+fn create_cgroup(spec: &JailSpec) -> Result<cgroup::Hierarchy, Error> {
+    let h = hierarchy(spec)?;
+    let err = |source| Error::Cgroup {
+        path: spec.cgroup_path.clone(),
+        source,
+    };
+    let cg = cgroup::Cgroup::create(&h, &spec.cgroup_path).map_err(err)?;
+    cg.apply(&limits(spec)).map_err(err)?;
+    Ok(h)
+}
+
+/// The host side of a networked jail whose network namespace is `ns`: an
+/// address from the bridge's allocator, the bridge, and the veth pair with
+/// its jail end in that namespace, configured.
+async fn create_net(
+    jail: &mut Jail,
+    ns: netns::NsRef,
+    t0: std::time::Instant,
+) -> Result<(), Error> {
     let Some(n) = jail.state.spec.network.clone() else {
         return Ok(());
     };
@@ -740,8 +803,9 @@ async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result
     mark(t0, "bridge ensured");
     if let Some(host_if) = jail.state.host_veth.clone() {
         clear_stale_veth(&c, &host_if).await?;
-        // Init is our unreaped child: its pid cannot be reused meanwhile.
-        c.add_veth(&b, &host_if, JAIL_IF, netns::NsRef::Pid(pid), addr)
+        // By fd, or by the pid of init, our unreaped child: its pid cannot
+        // be reused meanwhile.
+        c.add_veth(&b, &host_if, JAIL_IF, ns, addr)
             .await
             .map_err(|source| Error::Net {
                 what: format!("veth {host_if}"),
@@ -857,6 +921,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
 struct Spawned {
     pid: i32,
     pidfd: Arc<OwnedFd>,
+    /// The network namespace made beforehand that init entered, kept open
+    /// until the host side is configured.
+    netns: Option<OwnedFd>,
     sync_w: Option<OwnedFd>,
     plan_w: Option<OwnedFd>,
     report_r: Option<OwnedFd>,
@@ -935,7 +1002,10 @@ fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
             return Ok(out);
         }
         out.extend_from_slice(&buf[..n]);
-        let tagged = out.starts_with(b"X") || out.first() == Some(&sys::JOIN_FAILED);
+        let tagged = matches!(
+            out.first(),
+            Some(&b'X') | Some(&sys::JOIN_FAILED) | Some(&sys::NETNS_FAILED)
+        );
         if out.ends_with(b"ok\n") || tagged && out.len() >= 5 {
             return Ok(out);
         }
@@ -943,12 +1013,16 @@ fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
 }
 
 fn parse_report(r: &[u8]) -> Result<(), Error> {
-    if matches!(r.first(), Some(&b'X') | Some(&sys::JOIN_FAILED)) && r.len() >= 5 {
+    if matches!(
+        r.first(),
+        Some(&b'X') | Some(&sys::JOIN_FAILED) | Some(&sys::NETNS_FAILED)
+    ) && r.len() >= 5
+    {
         let errno = i32::from_ne_bytes([r[1], r[2], r[3], r[4]]);
-        let what = if r[0] == b'X' {
-            "exec berth-init"
-        } else {
-            "join the jail's cgroup"
+        let what = match r[0] {
+            b'X' => "exec berth-init",
+            sys::JOIN_FAILED => "join the jail's cgroup",
+            _ => "enter the jail's network namespace",
         };
         return Err(Error::Setup(format!(
             "{what}: {}",
@@ -1018,12 +1092,16 @@ fn cgroup_join(spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<CgroupJoin, Err
 }
 
 /// Clones berth-init with `ns_flags`, fds 0-2 and 5 from `fds`, into the
-/// cgroup `join` opens.
+/// cgroup `join` opens, and into `netns` if given (then `ns_flags` has no
+/// `CLONE_NEWNET`). `inline`: the child runs init's code itself instead
+/// of exec'ing `init` (see [`sys::ChildExec::inline_main`]).
 fn spawn_init(
     init: &Path,
     ns_flags: u64,
     fds: ChildFds,
     join: &CgroupJoin,
+    netns: Option<OwnedFd>,
+    inline: bool,
 ) -> Result<Spawned, Error> {
     let exe = fs::OpenOptions::new()
         .read(true)
@@ -1062,6 +1140,8 @@ fn spawn_init(
         err_fd: report_w.as_raw_fd(),
         become_root: ns_flags & libc::CLONE_NEWUSER as u64 != 0,
         join_tasks: &join_tasks,
+        setns_net: netns.as_ref().map(AsRawFd::as_raw_fd),
+        inline_main: inline.then_some(crate::init::main as fn() -> i32),
     };
     let into = join.v2.as_ref().map(|(fd, _)| fd.as_fd());
     let child = sys::clone_exec(ns_flags, into, &exec)
@@ -1078,6 +1158,7 @@ fn spawn_init(
     Ok(Spawned {
         pid: child.pid,
         pidfd: Arc::new(child.pidfd),
+        netns,
         sync_w: Some(sync_w),
         plan_w: Some(plan_w),
         report_r: Some(report_r),
@@ -1123,16 +1204,21 @@ fn process_plan(spec: &JailSpec) -> Result<ProcessPlan, Error> {
     })
 }
 
-fn ns_flags(userns: bool) -> u64 {
-    let mut f = (libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET) as u64;
+fn ns_flags(userns: bool, new_net: bool) -> u64 {
+    let mut f =
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if new_net {
+        f |= libc::CLONE_NEWNET as u64;
+    }
     if userns {
         f |= libc::CLONE_NEWUSER as u64;
     }
     f
+}
+
+/// Whether this process has one thread (`/proc/self/task`).
+fn single_threaded() -> bool {
+    fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
 /// Host uid/gid of root inside the jail's user namespace.
@@ -1150,7 +1236,12 @@ fn chown(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
     Ok(())
 }
 
-fn spawn_create(dir: &Path, spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<Spawned, Error> {
+fn spawn_create(
+    dir: &Path,
+    spec: &JailSpec,
+    h: &cgroup::Hierarchy,
+    netns: Option<OwnedFd>,
+) -> Result<Spawned, Error> {
     let init = find_init(spec.init_path.as_deref())?;
     let owner = mapped_root(spec);
     let fifo = dir.join(FIFO_FILE);
@@ -1196,18 +1287,24 @@ fn spawn_create(dir: &Path, spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<Sp
     let join = cgroup_join(spec, h)?;
     spawn_init(
         &init,
-        ns_flags(spec.user_ns.is_some()),
+        ns_flags(spec.user_ns.is_some(), netns.is_none()),
         ChildFds {
             stdio,
             extra: status.into(),
         },
         &join,
+        netns,
+        // In a user namespace init needs the exec: it is what gives the
+        // namespace's root its capabilities after the switch to uid 0.
+        spec.user_ns.is_none()
+            && INLINE_BLOCKING.load(std::sync::atomic::Ordering::Relaxed)
+            && single_threaded(),
     )
 }
 
 /// The encoded create plan of `spec` for the init of state dir `dir`
 /// (seccomp filters compiled here: init carries no compiler).
-fn create_plan(dir: &Path, spec: &JailSpec) -> Result<Vec<u8>, Error> {
+fn create_plan(dir: &Path, spec: &JailSpec, net_ready: bool) -> Result<Vec<u8>, Error> {
     let plan = InitPlan {
         version: PLAN_VERSION,
         mode: Mode::Create(Box::new(CreatePlan {
@@ -1228,6 +1325,7 @@ fn create_plan(dir: &Path, spec: &JailSpec) -> Result<Vec<u8>, Error> {
             hostname: spec.hostname.clone(),
             fifo: dir.join(FIFO_FILE),
             userns: spec.user_ns.is_some(),
+            net_ready,
             process: process_plan(spec)?,
         })),
     };
@@ -1276,6 +1374,8 @@ fn exec_blocking(
             extra: pidfd,
         },
         &join,
+        None,
+        false,
     )?;
     let kill = |s: &Spawned| {
         let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
@@ -1374,19 +1474,10 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
         let spec = spec.clone();
         blocking(move || {
             let h = hierarchy(&spec)?;
-            if cgroup::Cgroup::exists(&h, &spec.cgroup_path) {
-                let cg = cgroup::Cgroup::open(&h, &spec.cgroup_path).map_err(|source| {
-                    Error::Cgroup {
-                        path: spec.cgroup_path.clone(),
-                        source,
-                    }
-                })?;
-                cg.destroy().map_err(|source| Error::Cgroup {
-                    path: spec.cgroup_path.clone(),
-                    source,
-                })?;
-            }
-            Ok(())
+            cgroup::Cgroup::destroy_at(&h, &spec.cgroup_path).map_err(|source| Error::Cgroup {
+                path: spec.cgroup_path.clone(),
+                source,
+            })
         })
         .await
     };

@@ -44,11 +44,25 @@ pub struct ChildExec<'a> {
     /// RCU grace period (10-20 ms measured) when the parent moves it
     /// instead (`cgroup_procs_write_start`, kernel/cgroup/cgroup.c).
     pub join_tasks: &'a [RawFd],
+    /// A network namespace made beforehand ([`new_netns_lo_up`]) that the
+    /// child enters right after joining its cgroups, instead of one made
+    /// by the clone itself.
+    pub setns_net: Option<RawFd>,
+    /// Run this instead of exec'ing `exe`: the child closes every fd from
+    /// [`FD_TARGET_END`] up, names itself `berth-init`, and exits with what
+    /// it returns. Only when the parent is single-threaded, so that the
+    /// child, a copy of it, may allocate and take locks like any forked
+    /// process; it saves the exec of a second binary on every create.
+    pub inline_main: Option<fn() -> i32>,
 }
 
 /// Tag of the child's error report when joining a cgroup failed (the
 /// exec failure tag is `X`).
 pub const JOIN_FAILED: u8 = b'C';
+
+/// Tag of the child's error report when entering its prepared network
+/// namespace failed.
+pub const NETNS_FAILED: u8 = b'N';
 
 /// Lowest number the parent moves child fds to before cloning.
 pub const FD_SOURCE_MIN: RawFd = 100;
@@ -193,7 +207,8 @@ const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid;
 #[cfg(not(target_arch = "arm"))]
 const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid;
 
-/// The child side: raw syscalls only, no allocation, no locks.
+/// The child side: raw syscalls only, no allocation, no locks, up to the
+/// exec (or to [`ChildExec::inline_main`], for a single-threaded parent).
 fn child_path(exec: &ChildExec<'_>) -> ! {
     // SAFETY: every call below is an async-signal-safe raw syscall on fds
     // and pointers that the parent prepared and that stay valid in this
@@ -207,6 +222,11 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
         for &fd in exec.join_tasks {
             if libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
                 child_fail_tagged(exec.err_fd, JOIN_FAILED);
+            }
+        }
+        if let Some(fd) = exec.setns_net {
+            if libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWNET) < 0 {
+                child_fail_tagged(exec.err_fd, NETNS_FAILED);
             }
         }
         let mut go = 0u8;
@@ -227,6 +247,21 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
             if libc::dup2(src, dst) < 0 {
                 child_fail(exec.err_fd);
             }
+        }
+        if let Some(main) = exec.inline_main {
+            // No exec to close them: close the parent's descriptors now.
+            if libc::syscall(
+                libc::SYS_close_range,
+                FD_TARGET_END as libc::c_uint,
+                libc::c_uint::MAX,
+                0 as libc::c_uint,
+            ) < 0
+            {
+                child_fail(exec.err_fd);
+            }
+            libc::prctl(libc::PR_SET_NAME, c"berth-init".as_ptr());
+            let code = std::panic::catch_unwind(main).unwrap_or(125);
+            libc::_exit(code);
         }
         // Everything else closes on exec (close_range(2), kernel 5.11).
         // Fail closed: without it the parent's descriptors (sockets,
@@ -250,6 +285,35 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
         );
         child_fail(exec.err_fd)
     }
+}
+
+/// Moves the calling thread into a new network namespace, brings its
+/// loopback up, and returns an fd of the namespace.
+///
+/// Creating a network namespace is the slowest part of a jail's clone
+/// (about 0.7 ms here, with 0.5 ms more to bring `lo` up), and needs
+/// nothing of the jail: done on a thread of its own meanwhile, it is off
+/// the path from create to start. Only on a thread made for this call that
+/// ends right after it: the namespace stays the thread's own.
+pub fn new_netns_lo_up() -> io::Result<OwnedFd> {
+    // SAFETY: unshare(2) with a constant flag changes only this thread's
+    // network namespace (threads may unshare CLONE_NEWNET alone).
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    loopback_up()?;
+    // SAFETY: open(2) of a constant NUL-terminated path; the fd is owned
+    // below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own_fd(fd))
 }
 
 /// Writes errno to `err_fd` and exits (child side; async-signal-safe).

@@ -194,13 +194,12 @@ fn supervise(p: &ProcessPlan, status: &fs::File) -> ExitRecord {
             signal: None,
         };
     }
-    let child = match sys::fork_single_threaded() {
-        Ok(0) => {
-            let _ = sys::reset_signals(&all);
-            let e = exec_process(p);
-            let _ = writeln!(std::io::stderr(), "berth-init: {e}");
-            sys::exit_now(127)
-        }
+    let child = match sys::spawn_shared(&mut || {
+        let _ = sys::reset_signals(&all);
+        let e = exec_process(p);
+        let _ = writeln!(std::io::stderr(), "berth-init: {e}");
+        127
+    }) {
         Ok(pid) => Pid::from_raw(pid),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "berth-init: fork payload: {e}");
@@ -267,13 +266,12 @@ fn run_exec(plan: ExecPlan, mut report: fs::File) -> i32 {
     let _ = sys::install_forwarding(&all);
     let _ = report.write_all(b"ok\n");
     drop(report);
-    match sys::fork_single_threaded() {
-        Ok(0) => {
-            let _ = sys::reset_signals(&all);
-            let e = exec_process(&plan.process);
-            let _ = writeln!(std::io::stderr(), "berth-init: {e}");
-            sys::exit_now(127)
-        }
+    match sys::spawn_shared(&mut || {
+        let _ = sys::reset_signals(&all);
+        let e = exec_process(&plan.process);
+        let _ = writeln!(std::io::stderr(), "berth-init: {e}");
+        127
+    }) {
         Ok(pid) => {
             let child = Pid::from_raw(pid);
             loop {
@@ -568,11 +566,8 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
         "unshare cgroup namespace".into()
     })?;
     // The jail's own network namespace: loopback up (a networked jail's
-    // veth is configured by the parent meanwhile, before `start`), unless
-    // the host made the namespace with it up already.
-    if !plan.net_ready {
-        step(sys::loopback_up(), || "bring up lo".into())?;
-    }
+    // veth is configured by the parent meanwhile, before `start`).
+    step(sys::loopback_up(), || "bring up lo".into())?;
     // Nothing we mount may propagate back to the host.
     mnt(
         None,

@@ -200,14 +200,6 @@ impl Jail {
     ///
     /// [`start`]: Jail::start
     pub async fn create(spec: JailSpec) -> Result<Jail, Error> {
-        // The network namespace is made meanwhile (see `prepare_netns`).
-        // In a user namespace it must belong to the jail's: the clone
-        // makes that one.
-        let net = if spec.user_ns.is_none() {
-            prepare_netns()
-        } else {
-            None
-        };
         let dir = jail_dir(&spec.state_root, spec.name.as_str());
         let state = {
             let dir = dir.clone();
@@ -219,7 +211,7 @@ impl Jail {
             state,
             pidfd: None,
         };
-        match create_rest(&mut jail, net).await {
+        match create_rest(&mut jail).await {
             Ok(()) => Ok(jail),
             Err(e) => {
                 if let Some(fd) = &jail.pidfd {
@@ -647,24 +639,8 @@ fn limits(spec: &JailSpec) -> cgroup::Limits {
     }
 }
 
-/// A network namespace with its loopback up, made on a thread of its own
-/// while create writes the state record and makes the cgroup (see
-/// [`sys::new_netns_lo_up`]). `None` if no thread could be started: the
-/// clone then makes the namespace, and init brings `lo` up.
-fn prepare_netns() -> Option<std::thread::JoinHandle<Result<OwnedFd, Error>>> {
-    std::thread::Builder::new()
-        .name("berth-netns".into())
-        .spawn(|| {
-            let fd = sys::new_netns_lo_up().map_err(Error::io("new network namespace"))?;
-            high(&fd)
-        })
-        .ok()
-}
-
-type NetThread = Option<std::thread::JoinHandle<Result<OwnedFd, Error>>>;
-
 /// Everything of create after the state record exists.
-async fn create_rest(jail: &mut Jail, net: NetThread) -> Result<(), Error> {
+async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let spec = jail.state.spec.clone();
 
@@ -681,17 +657,7 @@ async fn create_rest(jail: &mut Jail, net: NetThread) -> Result<(), Error> {
     // waits for an RCU grace period), and is born in the v2 directory.
     let dir = jail.dir.clone();
     let spec2 = spec.clone();
-    let mut spawned = blocking(move || {
-        let netns = match net {
-            Some(t) => Some(
-                t.join()
-                    .map_err(|_| Error::Join("the network namespace thread panicked".into()))??,
-            ),
-            None => None,
-        };
-        spawn_create(&dir, &spec2, &h, netns)
-    })
-    .await?;
+    let mut spawned = blocking(move || spawn_create(&dir, &spec2, &h)).await?;
     mark(t0, "init cloned");
     jail.pidfd = Some(spawned.pidfd.clone());
     jail.state.pid = Some(spawned.pid);
@@ -717,7 +683,7 @@ async fn create_rest(jail: &mut Jail, net: NetThread) -> Result<(), Error> {
     let spec2 = spec.clone();
     let mut spawned = blocking(move || {
         spawned.release()?;
-        let plan = create_plan(&dir, &spec2, spawned.netns.is_some())?;
+        let plan = create_plan(&dir, &spec2)?;
         spawned.send_plan(&plan);
         Ok(spawned)
     })
@@ -729,11 +695,7 @@ async fn create_rest(jail: &mut Jail, net: NetThread) -> Result<(), Error> {
     // namespace. Nothing in the jail runs before `start`, which comes
     // after both are done; init's setup needs nothing of the network
     // (it only brings up loopback).
-    let ns = match &spawned.netns {
-        Some(fd) => netns::NsRef::Fd(fd.as_raw_fd()),
-        None => netns::NsRef::Pid(spawned.pid),
-    };
-    if let Err(e) = create_net(jail, ns, t0).await {
+    if let Err(e) = create_net(jail, spawned.pid, t0).await {
         // An init that failed meanwhile (its namespace gone with it)
         // explains the network error: report its failure first.
         return Err(match blocking(move || spawned.wait_setup()).await {
@@ -764,14 +726,10 @@ fn create_cgroup(spec: &JailSpec) -> Result<cgroup::Hierarchy, Error> {
     Ok(h)
 }
 
-/// The host side of a networked jail whose network namespace is `ns`: an
-/// address from the bridge's allocator, the bridge, and the veth pair with
-/// its jail end in that namespace, configured.
-async fn create_net(
-    jail: &mut Jail,
-    ns: netns::NsRef,
-    t0: std::time::Instant,
-) -> Result<(), Error> {
+/// The host side of a networked jail whose init is `pid`: an address from
+/// the bridge's allocator, the bridge, and the veth pair with its jail end
+/// in init's network namespace, configured.
+async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result<(), Error> {
     let Some(n) = jail.state.spec.network.clone() else {
         return Ok(());
     };
@@ -803,9 +761,8 @@ async fn create_net(
     mark(t0, "bridge ensured");
     if let Some(host_if) = jail.state.host_veth.clone() {
         clear_stale_veth(&c, &host_if).await?;
-        // By fd, or by the pid of init, our unreaped child: its pid cannot
-        // be reused meanwhile.
-        c.add_veth(&b, &host_if, JAIL_IF, ns, addr)
+        // Init is our unreaped child: its pid cannot be reused meanwhile.
+        c.add_veth(&b, &host_if, JAIL_IF, netns::NsRef::Pid(pid), addr)
             .await
             .map_err(|source| Error::Net {
                 what: format!("veth {host_if}"),
@@ -921,9 +878,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
 struct Spawned {
     pid: i32,
     pidfd: Arc<OwnedFd>,
-    /// The network namespace made beforehand that init entered, kept open
-    /// until the host side is configured.
-    netns: Option<OwnedFd>,
     sync_w: Option<OwnedFd>,
     plan_w: Option<OwnedFd>,
     report_r: Option<OwnedFd>,
@@ -1002,10 +956,7 @@ fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
             return Ok(out);
         }
         out.extend_from_slice(&buf[..n]);
-        let tagged = matches!(
-            out.first(),
-            Some(&b'X') | Some(&sys::JOIN_FAILED) | Some(&sys::NETNS_FAILED)
-        );
+        let tagged = matches!(out.first(), Some(&b'X') | Some(&sys::JOIN_FAILED));
         if out.ends_with(b"ok\n") || tagged && out.len() >= 5 {
             return Ok(out);
         }
@@ -1013,16 +964,12 @@ fn read_report(r: OwnedFd, timeout: Duration) -> Result<Vec<u8>, Error> {
 }
 
 fn parse_report(r: &[u8]) -> Result<(), Error> {
-    if matches!(
-        r.first(),
-        Some(&b'X') | Some(&sys::JOIN_FAILED) | Some(&sys::NETNS_FAILED)
-    ) && r.len() >= 5
-    {
+    if matches!(r.first(), Some(&b'X') | Some(&sys::JOIN_FAILED)) && r.len() >= 5 {
         let errno = i32::from_ne_bytes([r[1], r[2], r[3], r[4]]);
-        let what = match r[0] {
-            b'X' => "exec berth-init",
-            sys::JOIN_FAILED => "join the jail's cgroup",
-            _ => "enter the jail's network namespace",
+        let what = if r[0] == b'X' {
+            "exec berth-init"
+        } else {
+            "join the jail's cgroup"
         };
         return Err(Error::Setup(format!(
             "{what}: {}",
@@ -1092,15 +1039,13 @@ fn cgroup_join(spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<CgroupJoin, Err
 }
 
 /// Clones berth-init with `ns_flags`, fds 0-2 and 5 from `fds`, into the
-/// cgroup `join` opens, and into `netns` if given (then `ns_flags` has no
-/// `CLONE_NEWNET`). `inline`: the child runs init's code itself instead
-/// of exec'ing `init` (see [`sys::ChildExec::inline_main`]).
+/// cgroup `join` opens. `inline`: the child runs init's code itself
+/// instead of exec'ing `init` (see [`sys::ChildExec::inline_main`]).
 fn spawn_init(
     init: &Path,
     ns_flags: u64,
     fds: ChildFds,
     join: &CgroupJoin,
-    netns: Option<OwnedFd>,
     inline: bool,
 ) -> Result<Spawned, Error> {
     let exe = fs::OpenOptions::new()
@@ -1140,7 +1085,6 @@ fn spawn_init(
         err_fd: report_w.as_raw_fd(),
         become_root: ns_flags & libc::CLONE_NEWUSER as u64 != 0,
         join_tasks: &join_tasks,
-        setns_net: netns.as_ref().map(AsRawFd::as_raw_fd),
         inline_main: inline.then_some(crate::init::main as fn() -> i32),
     };
     let into = join.v2.as_ref().map(|(fd, _)| fd.as_fd());
@@ -1158,7 +1102,6 @@ fn spawn_init(
     Ok(Spawned {
         pid: child.pid,
         pidfd: Arc::new(child.pidfd),
-        netns,
         sync_w: Some(sync_w),
         plan_w: Some(plan_w),
         report_r: Some(report_r),
@@ -1204,12 +1147,12 @@ fn process_plan(spec: &JailSpec) -> Result<ProcessPlan, Error> {
     })
 }
 
-fn ns_flags(userns: bool, new_net: bool) -> u64 {
-    let mut f =
-        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
-    if new_net {
-        f |= libc::CLONE_NEWNET as u64;
-    }
+fn ns_flags(userns: bool) -> u64 {
+    let mut f = (libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET) as u64;
     if userns {
         f |= libc::CLONE_NEWUSER as u64;
     }
@@ -1236,12 +1179,7 @@ fn chown(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
     Ok(())
 }
 
-fn spawn_create(
-    dir: &Path,
-    spec: &JailSpec,
-    h: &cgroup::Hierarchy,
-    netns: Option<OwnedFd>,
-) -> Result<Spawned, Error> {
+fn spawn_create(dir: &Path, spec: &JailSpec, h: &cgroup::Hierarchy) -> Result<Spawned, Error> {
     let init = find_init(spec.init_path.as_deref())?;
     let owner = mapped_root(spec);
     let fifo = dir.join(FIFO_FILE);
@@ -1287,13 +1225,12 @@ fn spawn_create(
     let join = cgroup_join(spec, h)?;
     spawn_init(
         &init,
-        ns_flags(spec.user_ns.is_some(), netns.is_none()),
+        ns_flags(spec.user_ns.is_some()),
         ChildFds {
             stdio,
             extra: status.into(),
         },
         &join,
-        netns,
         // In a user namespace init needs the exec: it is what gives the
         // namespace's root its capabilities after the switch to uid 0.
         spec.user_ns.is_none()
@@ -1304,7 +1241,7 @@ fn spawn_create(
 
 /// The encoded create plan of `spec` for the init of state dir `dir`
 /// (seccomp filters compiled here: init carries no compiler).
-fn create_plan(dir: &Path, spec: &JailSpec, net_ready: bool) -> Result<Vec<u8>, Error> {
+fn create_plan(dir: &Path, spec: &JailSpec) -> Result<Vec<u8>, Error> {
     let plan = InitPlan {
         version: PLAN_VERSION,
         mode: Mode::Create(Box::new(CreatePlan {
@@ -1325,7 +1262,6 @@ fn create_plan(dir: &Path, spec: &JailSpec, net_ready: bool) -> Result<Vec<u8>, 
             hostname: spec.hostname.clone(),
             fifo: dir.join(FIFO_FILE),
             userns: spec.user_ns.is_some(),
-            net_ready,
             process: process_plan(spec)?,
         })),
     };
@@ -1374,7 +1310,6 @@ fn exec_blocking(
             extra: pidfd,
         },
         &join,
-        None,
         false,
     )?;
     let kill = |s: &Spawned| {

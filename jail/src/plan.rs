@@ -87,10 +87,6 @@ pub struct CreatePlan {
     /// Whether the jail has a user namespace (mknod is impossible then;
     /// init binds device nodes either way).
     pub userns: bool,
-    /// The network namespace was made by the host with its loopback up
-    /// (see `sys::new_netns_lo_up`): init leaves it alone.
-    #[serde(default)]
-    pub net_ready: bool,
     /// The payload.
     pub process: ProcessPlan,
 }
@@ -196,7 +192,6 @@ mod tests {
                 hostname: Some("h".into()),
                 fifo: "/run/berth/jails/x/exec.fifo".into(),
                 userns: true,
-                net_ready: false,
                 process: process(),
             })),
         };

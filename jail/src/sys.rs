@@ -44,10 +44,6 @@ pub struct ChildExec<'a> {
     /// RCU grace period (10-20 ms measured) when the parent moves it
     /// instead (`cgroup_procs_write_start`, kernel/cgroup/cgroup.c).
     pub join_tasks: &'a [RawFd],
-    /// A network namespace made beforehand ([`new_netns_lo_up`]) that the
-    /// child enters right after joining its cgroups, instead of one made
-    /// by the clone itself.
-    pub setns_net: Option<RawFd>,
     /// Run this instead of exec'ing `exe`: the child closes every fd from
     /// [`FD_TARGET_END`] up, names itself `berth-init`, and exits with what
     /// it returns. Only when the parent is single-threaded, so that the
@@ -59,10 +55,6 @@ pub struct ChildExec<'a> {
 /// Tag of the child's error report when joining a cgroup failed (the
 /// exec failure tag is `X`).
 pub const JOIN_FAILED: u8 = b'C';
-
-/// Tag of the child's error report when entering its prepared network
-/// namespace failed.
-pub const NETNS_FAILED: u8 = b'N';
 
 /// Lowest number the parent moves child fds to before cloning.
 pub const FD_SOURCE_MIN: RawFd = 100;
@@ -224,11 +216,6 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
                 child_fail_tagged(exec.err_fd, JOIN_FAILED);
             }
         }
-        if let Some(fd) = exec.setns_net {
-            if libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWNET) < 0 {
-                child_fail_tagged(exec.err_fd, NETNS_FAILED);
-            }
-        }
         let mut go = 0u8;
         let n = libc::read(exec.sync_read, &mut go as *mut u8 as *mut libc::c_void, 1);
         if n != 1 || go != b'g' {
@@ -285,35 +272,6 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
         );
         child_fail(exec.err_fd)
     }
-}
-
-/// Moves the calling thread into a new network namespace, brings its
-/// loopback up, and returns an fd of the namespace.
-///
-/// Creating a network namespace is the slowest part of a jail's clone
-/// (about 0.7 ms here, with 0.5 ms more to bring `lo` up), and needs
-/// nothing of the jail: done on a thread of its own meanwhile, it is off
-/// the path from create to start. Only on a thread made for this call that
-/// ends right after it: the namespace stays the thread's own.
-pub fn new_netns_lo_up() -> io::Result<OwnedFd> {
-    // SAFETY: unshare(2) with a constant flag changes only this thread's
-    // network namespace (threads may unshare CLONE_NEWNET alone).
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    loopback_up()?;
-    // SAFETY: open(2) of a constant NUL-terminated path; the fd is owned
-    // below.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/thread-self/ns/net".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(own_fd(fd))
 }
 
 /// Writes errno to `err_fd` and exits (child side; async-signal-safe).
@@ -397,17 +355,60 @@ pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Reaped> {
     })
 }
 
-/// fork(2) for the single-threaded `berth-init`.
+/// Starts the payload for the single-threaded `berth-init`: runs `child`
+/// in a new process that shares this one's memory until it execs, on a
+/// stack of its own (clone(2) with `CLONE_VM | CLONE_VFORK`, as glibc's
+/// posix_spawn does); the caller is suspended until then. Returns the
+/// child's pid. `child` ends in an exec; if it returns, or panics, the
+/// child exits (with its value, or 127).
 ///
-/// Returns 0 in the child and the child's pid in the parent.
-pub fn fork_single_threaded() -> io::Result<i32> {
-    // SAFETY: berth-init is single-threaded (it is a fresh exec and spawns
-    // no threads), so the child may run arbitrary code.
-    let ret = unsafe { libc::fork() };
-    if ret < 0 {
+/// A fork would copy init's page tables and have the exec tear the copy
+/// down again. When init is the cloned image of the `berth` command (see
+/// `ChildExec::inline_main`) that is a few megabytes of mappings, both on
+/// the path from `start` to the payload running.
+pub fn spawn_shared(child: &mut dyn FnMut() -> i32) -> io::Result<i32> {
+    const STACK: usize = 256 * 1024;
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at the `&mut dyn FnMut` below, which lives
+        // on the suspended parent's stack until this child execs or exits.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut() -> i32) };
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(127);
+        exit_now(code)
+    }
+    // SAFETY: a fresh anonymous private mapping; checked below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    Ok(ret)
+    let mut f: &mut dyn FnMut() -> i32 = child;
+    // SAFETY: the stack grows down from the end of the mapping (page
+    // aligned, so 16-byte aligned); CLONE_VFORK suspends this thread until
+    // the child no longer uses the stack or `f`, so both outlive its use.
+    // The caller is single-threaded: the child sees consistent memory.
+    let pid = unsafe {
+        libc::clone(
+            trampoline,
+            (stack as *mut u8).add(STACK) as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut f as *mut &mut dyn FnMut() -> i32 as *mut libc::c_void,
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: the child has exec'd or exited: nothing uses the stack.
+    unsafe { libc::munmap(stack, STACK) };
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(pid)
 }
 
 extern "C" fn noop_handler(_: libc::c_int) {}

@@ -330,7 +330,7 @@ async fn recover_locked(ctx: &Ctx) -> Result<Option<StateLock>, CliError> {
     let Some(lock) = lock_state(ctx, false).await? else {
         return Ok(None);
     };
-    recover(ctx).await?;
+    recover(ctx, true).await?;
     Ok(Some(lock))
 }
 
@@ -338,7 +338,11 @@ async fn recover_locked(ctx: &Ctx) -> Result<Option<StateLock>, CliError> {
 /// creator died mid-create; a live create holds the lock) are deleted with
 /// everything they own, then the vendor bridges, cgroups and overlays
 /// nobody owns any more. Stopped jails are kept for `ls` and `rm`.
-async fn recover(ctx: &Ctx) -> Result<(), CliError> {
+///
+/// `always_tidy: false` skips that last [`tidy`] when no jail was removed,
+/// for a caller that tidies itself soon after (`run` does when its jail
+/// ends).
+async fn recover(ctx: &Ctx, always_tidy: bool) -> Result<(), CliError> {
     let jails = jail::list(&ctx.jails()).await.map_err(jail_err)?;
     let mut first_err = None;
     let mut vendors = Vec::new();
@@ -385,7 +389,11 @@ async fn recover(ctx: &Ctx) -> Result<(), CliError> {
             }
         }
     }
-    let t = tidy(ctx, &vendors).await;
+    let t = if always_tidy || !vendors.is_empty() {
+        tidy(ctx, &vendors).await
+    } else {
+        Ok(())
+    };
     match first_err {
         Some(e) => Err(e),
         None => t,
@@ -752,19 +760,22 @@ fn build_spec(
 }
 
 /// Under the state lock: recovery, the name check, the overlay dirs, the
-/// runtime's create and the firewall.
+/// runtime's create and the firewall. `tidy_after`: the caller tidies the
+/// state dir when the jail ends (`run`), so recovery need not unless it
+/// removed something.
 async fn create_locked(
     ctx: &Ctx,
     name: &str,
     opts: &JailOpts,
     cmd: &[std::ffi::OsString],
     console: Console,
+    tidy_after: bool,
 ) -> Result<Jail, CliError> {
     let t0 = std::time::Instant::now();
     let spec = build_spec(ctx, name, opts, cmd, console)?;
     let _lock = lock_state(ctx, true).await?;
     mark(t0, "locked");
-    recover(ctx).await?;
+    recover(ctx, !tidy_after).await?;
     mark(t0, "recovered");
     if ctx.jail_exists(name) {
         return Err(CliError::NameClash {
@@ -807,7 +818,7 @@ async fn cmd_create(
     opts: &JailOpts,
     cmd: &[std::ffi::OsString],
 ) -> Result<ExitCode, CliError> {
-    create_locked(ctx, name, opts, cmd, Console::LogFile).await?;
+    create_locked(ctx, name, opts, cmd, Console::LogFile, false).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -828,7 +839,7 @@ async fn cmd_run(
     cmd: &[std::ffi::OsString],
 ) -> Result<ExitCode, CliError> {
     let t0 = std::time::Instant::now();
-    let mut jail = create_locked(ctx, name, opts, cmd, Console::Inherit).await?;
+    let mut jail = create_locked(ctx, name, opts, cmd, Console::Inherit, true).await?;
     mark(t0, "created");
     let outcome = run_payload(&mut jail).await;
     mark(t0, "payload ended");

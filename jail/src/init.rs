@@ -182,6 +182,16 @@ fn become_reaper(child: Pid, status: &fs::File) {
     let _ = fcntl(status, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
+/// The signals the payload gets back at their default: those init
+/// forwards and SIGCHLD (`all`), and SIGPIPE, which the Rust runtime
+/// ignores in init and an exec would pass on as ignored (a payload like
+/// `yes | head` would then loop on EPIPE instead of ending).
+fn payload_signals(all: &[i32]) -> Vec<i32> {
+    let mut v = all.to_vec();
+    v.push(libc::SIGPIPE);
+    v
+}
+
 /// Forks the payload, then becomes the reaper; where that cannot be done,
 /// forwards signals and reaps zombies itself and returns how the payload
 /// ended.
@@ -195,7 +205,7 @@ fn supervise(p: &ProcessPlan, status: &fs::File) -> ExitRecord {
         };
     }
     let child = match sys::spawn_shared(&mut || {
-        let _ = sys::reset_signals(&all);
+        let _ = sys::reset_signals(&payload_signals(&all));
         let e = exec_process(p);
         let _ = writeln!(std::io::stderr(), "berth-init: {e}");
         127
@@ -267,7 +277,7 @@ fn run_exec(plan: ExecPlan, mut report: fs::File) -> i32 {
     let _ = report.write_all(b"ok\n");
     drop(report);
     match sys::spawn_shared(&mut || {
-        let _ = sys::reset_signals(&all);
+        let _ = sys::reset_signals(&payload_signals(&all));
         let e = exec_process(&plan.process);
         let _ = writeln!(std::io::stderr(), "berth-init: {e}");
         127

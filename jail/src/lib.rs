@@ -23,8 +23,11 @@
 //! Process model: [`Jail::create`] clones `berth-init` (the `berth-init`
 //! binary of this crate; found through [`JailOptions::init_path`], beside
 //! the current executable, or `$BERTH_INIT`) into new pid, mount, uts, ipc
-//! and net namespaces (plus a user namespace when asked). Init sets the
-//! jail up and waits on a FIFO until [`Jail::start`]; it then stays PID 1,
+//! and net namespaces (plus a user namespace when asked). A single-threaded
+//! caller without a user namespace (the `berth` command line, see
+//! [`set_inline_blocking`]) skips that exec: the cloned child runs init's
+//! code itself. Init sets the jail up and waits on a FIFO until
+//! [`Jail::start`]; it then stays PID 1,
 //! forwards signals to the payload, reaps zombies and records the payload's
 //! exit in the jail's state directory. The caller only keeps a pidfd;
 //! [`Jail::adopt`] gets it back after a restart and [`recover`] removes

@@ -69,6 +69,11 @@ static INLINE_BLOCKING: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// two thread hand-offs, which on a loaded machine cost milliseconds each
 /// (a `run` takes about twenty steps). Never for a daemon: its other tasks
 /// would stall behind the steps. Off by default.
+///
+/// It also tells create that this process has no other threads to worry
+/// about (checked again at the clone): the cloned child then runs init's
+/// code itself, without an exec of `berth-init`, unless the jail has a
+/// user namespace.
 pub fn set_inline_blocking(on: bool) {
     INLINE_BLOCKING.store(on, std::sync::atomic::Ordering::Relaxed);
 }

@@ -236,7 +236,15 @@ fn child_path(exec: &ChildExec<'_>) -> ! {
             }
         }
         if let Some(main) = exec.inline_main {
-            // No exec to close them: close the parent's descriptors now.
+            // No exec to close them: close the parent's descriptors now,
+            // also those below FD_TARGET_END that are no target (the
+            // parent's own low fds: an flock on the state dir held by
+            // init would block every later command).
+            for fd in 0..FD_TARGET_END {
+                if !exec.fds.iter().any(|&(_, dst)| dst == fd) {
+                    libc::close(fd);
+                }
+            }
             if libc::syscall(
                 libc::SYS_close_range,
                 FD_TARGET_END as libc::c_uint,

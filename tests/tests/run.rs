@@ -26,6 +26,32 @@ fn exit_code_passes_through() {
 
 #[test]
 #[ignore = "privileged: needs root"]
+fn payload_starts_with_default_signal_dispositions() {
+    let env = TestEnv::new_with_rootfs();
+    // `yes` ends by SIGPIPE once `head` exits; with SIGPIPE ignored it
+    // would get EPIPE instead and report a write error.
+    let out = env.jail_run(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "grep SigIgn /proc/self/status; yes | head -n 2",
+        ],
+    );
+    let text = out.ok();
+    let ign = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .expect("SigIgn line");
+    assert_eq!(ign & (1 << (13 - 1)), 0, "SIGPIPE ignored: {text}");
+    assert!(text.ends_with("y\ny\n"), "{text}");
+    assert_eq!(out.stderr, "", "a write error on the pipe");
+    env.assert_no_leftovers(&[]);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
 fn killed_by_sigkill_exits_137() {
     let env = TestEnv::new_with_rootfs();
     let out = env.jail_run(&[], &["/bin/sh", "-c", "kill -9 $$; sleep 5"]);

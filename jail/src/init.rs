@@ -192,6 +192,17 @@ fn payload_signals(all: &[i32]) -> Vec<i32> {
     v
 }
 
+/// Starts the process `p` (see [`sys::spawn_shared`]) with the signals
+/// init took over (`all`) back at their defaults; returns its pid.
+fn spawn_payload(p: &ProcessPlan, all: &[i32]) -> std::io::Result<i32> {
+    sys::spawn_shared(&mut || {
+        let _ = sys::reset_signals(&payload_signals(all));
+        let e = exec_process(p);
+        let _ = writeln!(std::io::stderr(), "berth-init: {e}");
+        127
+    })
+}
+
 /// Forks the payload, then becomes the reaper; where that cannot be done,
 /// forwards signals and reaps zombies itself and returns how the payload
 /// ended.
@@ -204,12 +215,7 @@ fn supervise(p: &ProcessPlan, status: &fs::File) -> ExitRecord {
             signal: None,
         };
     }
-    let child = match sys::spawn_shared(&mut || {
-        let _ = sys::reset_signals(&payload_signals(&all));
-        let e = exec_process(p);
-        let _ = writeln!(std::io::stderr(), "berth-init: {e}");
-        127
-    }) {
+    let child = match spawn_payload(p, &all) {
         Ok(pid) => Pid::from_raw(pid),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "berth-init: fork payload: {e}");
@@ -276,12 +282,7 @@ fn run_exec(plan: ExecPlan, mut report: fs::File) -> i32 {
     let _ = sys::install_forwarding(&all);
     let _ = report.write_all(b"ok\n");
     drop(report);
-    match sys::spawn_shared(&mut || {
-        let _ = sys::reset_signals(&payload_signals(&all));
-        let e = exec_process(&plan.process);
-        let _ = writeln!(std::io::stderr(), "berth-init: {e}");
-        127
-    }) {
+    match spawn_payload(&plan.process, &all) {
         Ok(pid) => {
             let child = Pid::from_raw(pid);
             loop {

@@ -682,8 +682,8 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
         })
         .await?;
     }
-    // Released before its plan is built: the exec of berth-init runs
-    // meanwhile.
+    // Released before its plan is built: the exec of berth-init (or, for
+    // an inline init, its wait for the plan) runs meanwhile.
     let dir = jail.dir.clone();
     let spec2 = spec.clone();
     let mut spawned = blocking(move || {

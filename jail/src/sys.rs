@@ -44,9 +44,9 @@ pub struct ChildExec<'a> {
     /// RCU grace period (10-20 ms measured) when the parent moves it
     /// instead (`cgroup_procs_write_start`, kernel/cgroup/cgroup.c).
     pub join_tasks: &'a [RawFd],
-    /// Run this instead of exec'ing `exe`: the child closes every fd from
-    /// [`FD_TARGET_END`] up, names itself `berth-init`, and exits with what
-    /// it returns. Only when the parent is single-threaded, so that the
+    /// Run this instead of exec'ing `exe`: the child closes every fd that
+    /// is not one of the targets of `fds`, names itself `berth-init`, and
+    /// exits with what it returns. Only when the parent is single-threaded, so that the
     /// child, a copy of it, may allocate and take locks like any forked
     /// process; it saves the exec of a second binary on every create.
     pub inline_main: Option<fn() -> i32>,

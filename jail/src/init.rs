@@ -30,8 +30,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::plan::{
-    CreatePlan, ExecPlan, InitPlan, Mode, ProcessPlan, RootfsPlan, FD_EXTRA, FD_PLAN, FD_REPORT,
-    MAX_PLAN,
+    CreatePlan, ExecPlan, InitPlan, Mode, NetPlan, ProcessPlan, RootfsPlan, FD_EXTRA, FD_PLAN,
+    FD_REPORT, MAX_NET_PLAN, MAX_PLAN,
 };
 use crate::spec::DEFAULT_PATH;
 use crate::state::ExitRecord;
@@ -67,7 +67,8 @@ fn step<T, E: std::fmt::Display>(
 /// Entry point of the `berth-init` binary; returns the process exit code.
 pub fn main() -> i32 {
     let mut report = std::fs::File::from(sys::own_fd(FD_REPORT));
-    let plan = match read_plan() {
+    let mut plan_pipe = std::fs::File::from(sys::own_fd(FD_PLAN));
+    let plan = match read_plan(&mut plan_pipe) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(report, "error {e}");
@@ -75,21 +76,57 @@ pub fn main() -> i32 {
         }
     };
     match plan.mode {
-        Mode::Create(c) => run_create(*c, report),
-        Mode::Exec(x) => run_exec(x, report),
+        Mode::Create(c) => run_create(*c, plan_pipe, report),
+        Mode::Exec(x) => {
+            drop(plan_pipe);
+            run_exec(x, report)
+        }
     }
 }
 
-fn read_plan() -> Result<InitPlan, StepError> {
-    let f = std::fs::File::from(sys::own_fd(FD_PLAN));
+/// The plan: its length (four bytes, little endian), then its JSON.
+fn read_plan(f: &mut fs::File) -> Result<InitPlan, StepError> {
+    let mut len = [0u8; 4];
+    step(f.read_exact(&mut len), || "read plan length".into())?;
+    let len = u64::from(u32::from_le_bytes(len));
+    if len > MAX_PLAN {
+        return Err(StepError(format!(
+            "read plan: {len} bytes, more than {MAX_PLAN}"
+        )));
+    }
     let mut buf = Vec::new();
-    step(f.take(MAX_PLAN).read_to_end(&mut buf), || {
-        "read plan".into()
-    })?;
+    step(f.take(len).read_to_end(&mut buf), || "read plan".into())?;
+    if buf.len() as u64 != len {
+        return Err(StepError(format!(
+            "read plan: {} of {len} bytes before the pipe closed",
+            buf.len()
+        )));
+    }
     InitPlan::decode(&buf).map_err(StepError)
 }
 
-fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
+/// Init's report when the parent closed the plan pipe without sending the
+/// network (its own network setup failed, and it says why).
+pub(crate) const NET_ABANDONED: &str = "network: the plan pipe closed before the veth came";
+
+/// The jail end of the veth, once the parent has created the pair: the
+/// rest of the plan pipe. EOF without one means the parent gave up.
+fn configure_network(plan_pipe: fs::File) -> Result<(), StepError> {
+    let mut buf = Vec::new();
+    step(plan_pipe.take(MAX_NET_PLAN).read_to_end(&mut buf), || {
+        "read network plan".into()
+    })?;
+    if buf.is_empty() {
+        return Err(StepError(NET_ABANDONED.into()));
+    }
+    let n = NetPlan::decode(&buf).map_err(StepError)?;
+    step(
+        netns::configure_current(&n.ifname, n.addr, n.prefix_len, n.gateway),
+        || "configure network".into(),
+    )
+}
+
+fn run_create(plan: CreatePlan, plan_pipe: fs::File, mut report: fs::File) -> i32 {
     // Lead a session of its own: a signal aimed at the creator's process
     // group (Ctrl-C in a terminal, `kill -- -PGID` of the agent) must not
     // reach the jail. `berth jail run` forwards the signals it gets itself.
@@ -110,6 +147,18 @@ fn run_create(plan: CreatePlan, mut report: fs::File) -> i32 {
             return 125;
         }
     };
+    // Last: the parent creates the veth while init sets up its mounts,
+    // and both take the kernel's rtnl lock.
+    let net = if plan.network {
+        configure_network(plan_pipe)
+    } else {
+        drop(plan_pipe);
+        Ok(())
+    };
+    if let Err(e) = net {
+        let _ = writeln!(report, "error {e}");
+        return 125;
+    }
     let _ = report.write_all(b"ok\n");
     drop(report);
 
@@ -577,8 +626,10 @@ fn setup(plan: &CreatePlan) -> Result<OwnedFd, StepError> {
         "unshare cgroup namespace".into()
     })?;
     // The jail's own network namespace: loopback up (a networked jail's
-    // veth is configured by the parent meanwhile, before `start`).
-    step(sys::loopback_up(), || "bring up lo".into())?;
+    // comes with its veth, after the rest of the setup).
+    if !plan.network {
+        step(sys::loopback_up(), || "bring up lo".into())?;
+    }
     // Nothing we mount may propagate back to the host.
     mnt(
         None,

@@ -32,7 +32,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::Error;
 use crate::name::host_veth;
-use crate::plan::{CreatePlan, ExecPlan, InitPlan, Mode, ProcessPlan, RootfsPlan, PLAN_VERSION};
+use crate::plan::{
+    CreatePlan, ExecPlan, InitPlan, Mode, NetPlan, ProcessPlan, RootfsPlan, PLAN_VERSION,
+};
 use crate::spec::{Console, JailSpec, NetOptions, RootfsOptions, DEFAULT_PATH};
 use crate::state::{
     jail_dir, list_names, proc_start_time, read_exit, ExitRecord, JailState, Phase, CONSOLE_FILE,
@@ -689,7 +691,7 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
     let mut spawned = blocking(move || {
         spawned.release()?;
         let plan = create_plan(&dir, &spec2)?;
-        spawned.send_plan(&plan);
+        spawned.send_plan(&plan, spec2.network.is_some());
         Ok(spawned)
     })
     .await?;
@@ -697,19 +699,24 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
 
     // While init execs and sets up the jail's mounts, the host side of
     // the network: address, bridge, and the veth into init's network
-    // namespace. Nothing in the jail runs before `start`, which comes
-    // after both are done; init's setup needs nothing of the network
-    // (it only brings up loopback).
-    if let Err(e) = create_net(jail, spawned.pid, t0).await {
-        // An init that failed meanwhile (its namespace gone with it)
-        // explains the network error: report its failure first.
-        return Err(match blocking(move || spawned.wait_setup()).await {
-            Err(setup) => {
-                tracing::debug!(error = %e, "network setup failed after init's");
-                setup
-            }
-            Ok(()) => e,
-        });
+    // namespace, whose end init then configures itself. Nothing in the
+    // jail runs before `start`, which comes after both are done.
+    match create_net(jail, spawned.pid, t0).await {
+        Ok(Some(net)) => spawned.send_net(&net),
+        Ok(None) => spawned.close_plan(),
+        Err(e) => {
+            // An init that failed meanwhile (its namespace gone with it)
+            // explains the network error: report its failure first; one
+            // still waiting for the veth gives up on the closed pipe.
+            spawned.close_plan();
+            return Err(match blocking(move || spawned.wait_setup()).await {
+                Err(Error::Setup(m)) if !m.contains(crate::init::NET_ABANDONED) => {
+                    tracing::debug!(error = %e, "network setup failed after init's");
+                    Error::Setup(m)
+                }
+                _ => e,
+            });
+        }
     }
     blocking(move || spawned.wait_setup()).await?;
     mark(t0, "init set up");
@@ -733,10 +740,14 @@ fn create_cgroup(spec: &JailSpec) -> Result<cgroup::Hierarchy, Error> {
 
 /// The host side of a networked jail whose init is `pid`: an address from
 /// the bridge's allocator, the bridge, and the veth pair with its jail end
-/// in init's network namespace, configured.
-async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result<(), Error> {
+/// in init's network namespace; returns what init configures there.
+async fn create_net(
+    jail: &mut Jail,
+    pid: i32,
+    t0: std::time::Instant,
+) -> Result<Option<NetPlan>, Error> {
     let Some(n) = jail.state.spec.network.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let owner = owner(&jail.state.spec);
     let n2 = n.clone();
@@ -767,7 +778,7 @@ async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result
     if let Some(host_if) = jail.state.host_veth.clone() {
         clear_stale_veth(&c, &host_if).await?;
         // Init is our unreaped child: its pid cannot be reused meanwhile.
-        c.add_veth(&b, &host_if, JAIL_IF, netns::NsRef::Pid(pid), addr)
+        c.add_veth_pair(&b, &host_if, JAIL_IF, netns::NsRef::Pid(pid), addr)
             .await
             .map_err(|source| Error::Net {
                 what: format!("veth {host_if}"),
@@ -775,7 +786,12 @@ async fn create_net(jail: &mut Jail, pid: i32, t0: std::time::Instant) -> Result
             })?;
         mark(t0, "veth created");
     }
-    Ok(())
+    Ok(Some(NetPlan {
+        ifname: JAIL_IF.to_string(),
+        addr,
+        prefix_len: b.prefix_len,
+        gateway: b.gateway,
+    }))
 }
 
 /// How long a create waits for the kernel to remove a veth of the same
@@ -892,7 +908,7 @@ impl Spawned {
     /// Releases init, sends the plan and waits for `ok` or an error.
     fn go(&mut self, plan: &[u8]) -> Result<(), Error> {
         self.release()?;
-        self.send_plan(plan);
+        self.send_plan(plan, false);
         self.wait_setup()
     }
 
@@ -918,14 +934,31 @@ impl Spawned {
         Ok(())
     }
 
-    /// Sends the plan and closes the plan pipe; init then sets the jail
-    /// up on its own, and [`Spawned::wait_setup`] collects its report.
-    fn send_plan(&mut self, plan: &[u8]) {
+    /// Sends the (framed) plan; init then sets the jail up on its own, and
+    /// [`Spawned::wait_setup`] collects its report. The plan pipe closes
+    /// unless `more` (a networked jail: [`Spawned::send_net`] follows).
+    fn send_plan(&mut self, plan: &[u8], more: bool) {
         if let Some(p) = self.plan_w.take() {
             let mut f = fs::File::from(p);
             // A failed write means init died; its report says why.
-            let _ = f.write_all(plan);
+            if f.write_all(plan).is_ok() && more {
+                self.plan_w = Some(f.into());
+            }
         }
+    }
+
+    /// Sends the jail end of the veth and closes the plan pipe; init
+    /// configures it before it reports.
+    fn send_net(&mut self, net: &NetPlan) {
+        if let Some(p) = self.plan_w.take() {
+            let _ = fs::File::from(p).write_all(&net.encode());
+        }
+    }
+
+    /// Closes the plan pipe without the network: an init waiting for it
+    /// gives up.
+    fn close_plan(&mut self) {
+        self.plan_w = None;
     }
 
     /// Waits for init's report: `ok` or the error of its setup.
@@ -1267,10 +1300,11 @@ fn create_plan(dir: &Path, spec: &JailSpec) -> Result<Vec<u8>, Error> {
             hostname: spec.hostname.clone(),
             fifo: dir.join(FIFO_FILE),
             userns: spec.user_ns.is_some(),
+            network: spec.network.is_some(),
             process: process_plan(spec)?,
         })),
     };
-    Ok(plan.encode())
+    Ok(plan.framed())
 }
 
 fn exec_blocking(
@@ -1321,7 +1355,7 @@ fn exec_blocking(
         let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
         let _ = sys::waitid_pidfd(s.pidfd.as_fd(), false);
     };
-    if let Err(e) = s.go(&plan.encode()) {
+    if let Err(e) = s.go(&plan.framed()) {
         kill(&s);
         return Err(e);
     }

@@ -2,8 +2,10 @@
 //! layout of a freshly executed init.
 //!
 //! The parent builds an [`InitPlan`] (everything already validated and the
-//! seccomp filters already compiled, so init carries no compiler), writes it
-//! as JSON to the plan pipe and closes it. Init reports on the error pipe:
+//! seccomp filters already compiled, so init carries no compiler) and
+//! writes it to the plan pipe as JSON after its length (four bytes, little
+//! endian). For a networked jail a [`NetPlan`] follows once the veth exists
+//! (JSON up to EOF); otherwise the pipe closes after the plan. Init reports on the error pipe:
 //! `ok\n` when setup finished, or `error <step>: <detail>\n`. A child that
 //! could not even exec init writes `X` and four bytes of errno there.
 
@@ -27,7 +29,10 @@ pub const FD_EXTRA: i32 = 5;
 pub const MAX_PLAN: u64 = 1 << 20;
 
 /// Current plan format.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
+
+/// Largest [`NetPlan`] init accepts.
+pub const MAX_NET_PLAN: u64 = 4096;
 
 /// Root filesystem setup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +92,38 @@ pub struct CreatePlan {
     /// Whether the jail has a user namespace (mknod is impossible then;
     /// init binds device nodes either way).
     pub userns: bool,
+    /// Whether a [`NetPlan`] follows on the plan pipe: init configures the
+    /// jail end of its veth (and loopback) after the rest of its setup.
+    pub network: bool,
     /// The payload.
     pub process: ProcessPlan,
+}
+
+/// The jail end of a networked jail's veth, sent once the pair exists: init
+/// brings up loopback and the link, assigns the address and adds the
+/// default route via the gateway (`netns::configure_current`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetPlan {
+    /// The link inside the jail.
+    pub ifname: String,
+    /// Its address.
+    pub addr: std::net::Ipv4Addr,
+    /// The bridge subnet's prefix length.
+    pub prefix_len: u8,
+    /// The bridge's address: the default route's gateway.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl NetPlan {
+    /// JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// From JSON.
+    pub fn decode(bytes: &[u8]) -> Result<NetPlan, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("decode network plan: {e}"))
+    }
 }
 
 /// Exec of a command into a running jail.
@@ -126,7 +161,16 @@ impl InitPlan {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Decodes and checks the version.
+    /// [`InitPlan::encode`] after its length, as the plan pipe carries it.
+    pub fn framed(&self) -> Vec<u8> {
+        let json = self.encode();
+        let mut out = Vec::with_capacity(4 + json.len());
+        out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+
+    /// Decodes the JSON (without its length) and checks the version.
     pub fn decode(bytes: &[u8]) -> Result<InitPlan, String> {
         let p: InitPlan = serde_json::from_slice(bytes).map_err(|e| format!("decode plan: {e}"))?;
         if p.version != PLAN_VERSION {
@@ -192,10 +236,29 @@ mod tests {
                 hostname: Some("h".into()),
                 fifo: "/run/berth/jails/x/exec.fifo".into(),
                 userns: true,
+                network: true,
                 process: process(),
             })),
         };
         assert_eq!(InitPlan::decode(&p.encode()).unwrap(), p);
+        let framed = p.framed();
+        let len = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, framed.len() - 4);
+        assert_eq!(InitPlan::decode(&framed[4..]).unwrap(), p);
+    }
+
+    #[test]
+    fn net_plan_round_trips() {
+        let n = NetPlan {
+            ifname: "eth0".into(),
+            addr: "10.88.0.5".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.88.0.1".parse().unwrap(),
+        };
+        assert_eq!(NetPlan::decode(&n.encode()).unwrap(), n);
+        assert!(NetPlan::decode(b"")
+            .unwrap_err()
+            .starts_with("decode network plan: "));
     }
 
     #[test]
@@ -211,7 +274,7 @@ mod tests {
         p.version = 9;
         assert_eq!(
             InitPlan::decode(&p.encode()).unwrap_err(),
-            "plan version 9 is not 1"
+            "plan version 9 is not 2"
         );
         assert!(InitPlan::decode(b"{")
             .unwrap_err()

@@ -30,6 +30,6 @@ pub mod sysctl;
 pub use alloc::Allocator;
 pub use error::Error;
 pub use firewall::{BridgePolicy, Firewall, Forward, Policy, Proto};
-pub use link::{Bridge, Net, NsRef, Veth};
+pub use link::{configure_current, Bridge, Net, NsRef, Veth};
 pub use ns::{Netns, DEFAULT_RUNTIME_DIR};
 pub use sysctl::{enable_ipv4_forwarding, ipv4_forwarding, set_ipv4_forwarding};

@@ -348,6 +348,76 @@ impl Net {
         ns: NsRef,
         addr: Ipv4Addr,
     ) -> Result<Veth, Error> {
+        let (msg, ns_fd) = self
+            .veth_request(bridge, host_if, jail_if, &ns, addr)
+            .await?;
+        let sock_ns = ns_fd.try_clone().map_err(|e| Error::Namespace {
+            namespace: crate::ns::describe(&ns),
+            op: "duplicating the namespace fd",
+            source: e,
+        })?;
+        // The socket inside `ns` (opened on a short-lived thread) comes
+        // while the kernel registers the pair, not after it.
+        let (created, socket) = futures_util::future::join(
+            self.send_veth_request(msg, host_if, jail_if, &ns),
+            crate::ns::route_socket_in(&ns, sock_ns),
+        )
+        .await;
+        drop(ns_fd);
+        created?;
+        let configured = match socket {
+            Ok(socket) => configure_inside(&ns, socket, jail_if, addr, bridge).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = configured {
+            let cleanup = self.delete_link(host_if).await;
+            return Err(Error::with_cleanup(e, cleanup));
+        }
+        Ok(Veth {
+            host_if: host_if.to_string(),
+            jail_if: jail_if.to_string(),
+            addr,
+        })
+    }
+
+    /// The pair of [`Net::add_veth`] without the work inside `ns`: `jail_if`
+    /// arrives there down and without an address, for a process in `ns`
+    /// to configure with [`configure_current`] (a jail's init does, while
+    /// this process goes on). One RTM_NEWLINK, no thread. `addr` is only
+    /// checked against the bridge's subnet and returned in the [`Veth`].
+    pub async fn add_veth_pair(
+        &self,
+        bridge: &Bridge,
+        host_if: &str,
+        jail_if: &str,
+        ns: NsRef,
+        addr: Ipv4Addr,
+    ) -> Result<Veth, Error> {
+        let (msg, ns_fd) = self
+            .veth_request(bridge, host_if, jail_if, &ns, addr)
+            .await?;
+        let created = self.send_veth_request(msg, host_if, jail_if, &ns).await;
+        drop(ns_fd);
+        created?;
+        Ok(Veth {
+            host_if: host_if.to_string(),
+            jail_if: jail_if.to_string(),
+            addr,
+        })
+    }
+
+    /// Checks the names and the address, finds the bridge's index and
+    /// resolves `ns` (once, before anything exists: a bad pid or fd is
+    /// reported as such); returns the RTM_NEWLINK request of the pair and
+    /// the namespace fd it names, to be kept open until it is sent.
+    async fn veth_request(
+        &self,
+        bridge: &Bridge,
+        host_if: &str,
+        jail_if: &str,
+        ns: &NsRef,
+        addr: Ipv4Addr,
+    ) -> Result<(LinkMessage, std::os::fd::OwnedFd), Error> {
         validate_ifname(host_if)?;
         validate_ifname(jail_if)?;
         if !is_host_addr(bridge, addr) {
@@ -372,50 +442,41 @@ impl Net {
                 None => return Err(Error::NoSuchBridge(bridge.name.clone())),
             }
         };
-        // Resolve the namespace once, before creating anything: a bad pid or
-        // fd is reported as such, and the peer and the configuring socket
-        // are sure to land in the same namespace.
-        let ns_fd = crate::ns::open_ns(&ns)?;
-        let sock_ns = ns_fd.try_clone().map_err(|e| Error::Namespace {
-            namespace: crate::ns::describe(&ns),
-            op: "duplicating the namespace fd",
-            source: e,
-        })?;
+        let ns_fd = crate::ns::open_ns(ns)?;
         // Not up here: a veth end cannot open before its peer is
-        // registered (ENOTCONN, veth_open); configure_inside sets it up.
-        let peer = LinkUnspec::new_with_name(jail_if).setns_by_fd(ns_fd.as_raw_fd());
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        // registered (ENOTCONN, veth_open); whoever configures it inside
+        // `ns` sets it up.
+        // One queue each way on both ends, asked for: without it the kernel
+        // makes one per possible CPU and then cuts them to one, which waits
+        // for an expedited RCU grace period per end (veth_init_queues).
+        let one_queue = [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)];
+        let mut peer = LinkUnspec::new_with_name(jail_if)
+            .setns_by_fd(ns_fd.as_raw_fd())
+            .build();
+        peer.attributes.extend(one_queue.clone());
+        let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_if)
             .controller(bridge_index)
             .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
-        let create = async {
-            h.link().add(msg).execute().await.map_err(nl(
-                "creating veth pair",
-                format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(&ns)),
-            ))
-        };
-        // The socket inside `ns` (opened on a short-lived thread) comes
-        // while the kernel registers the pair, not after it.
-        let (created, socket) =
-            futures_util::future::join(create, crate::ns::route_socket_in(&ns, sock_ns)).await;
-        created?;
-        tracing::info!(host_if, jail_if, bridge = bridge.name, "created veth pair");
+        msg.attributes.extend(one_queue);
+        Ok((msg, ns_fd))
+    }
 
-        let configured = match socket {
-            Ok(socket) => configure_inside(&ns, socket, jail_if, addr, bridge).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = configured {
-            let cleanup = self.delete_link(host_if).await;
-            return Err(Error::with_cleanup(e, cleanup));
-        }
-        Ok(Veth {
-            host_if: host_if.to_string(),
-            jail_if: jail_if.to_string(),
-            addr,
-        })
+    async fn send_veth_request(
+        &self,
+        msg: LinkMessage,
+        host_if: &str,
+        jail_if: &str,
+        ns: &NsRef,
+    ) -> Result<(), Error> {
+        self.handle.link().add(msg).execute().await.map_err(nl(
+            "creating veth pair",
+            format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(ns)),
+        ))?;
+        tracing::info!(host_if, jail_if, "created veth pair");
+        Ok(())
     }
 
     /// Deletes link `name` from the host namespace (for a veth, both ends go);
@@ -559,6 +620,139 @@ async fn configure_inside(
     .await;
     task.abort();
     result
+}
+
+/// What [`configure_current`] asks of the kernel, in this order.
+const INSIDE_OPS: [&str; 4] = [
+    "setting up",
+    "assigning address",
+    "setting up",
+    "adding default route",
+];
+
+/// In the calling thread's network namespace, what [`Net::add_veth`] does
+/// from outside: loopback up, `addr/prefix_len` on `jail_if`, `jail_if`
+/// up, the default route via `gateway`. Blocking, for a process that lives
+/// in the namespace (a jail's init): one netlink socket, the four requests
+/// in one send (the kernel handles them in order, so the route finds the
+/// address on a link that is up), then their four answers; no runtime and
+/// no thread. An address already there (EEXIST) is fine.
+pub fn configure_current(
+    jail_if: &str,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), Error> {
+    use netlink_packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+    use rtnetlink::AddressMessageBuilder;
+
+    const HERE: &str = "this network namespace";
+    validate_ifname(jail_if)?;
+    let index = nix::net::if_::if_nametoindex(jail_if).map_err(|_| Error::NoSuchLink {
+        link: jail_if.to_string(),
+        namespace: HERE.to_string(),
+    })?;
+    let subjects = [
+        format!("lo in {HERE}"),
+        format!("{addr}/{prefix_len} to {jail_if} in {HERE}"),
+        format!("{jail_if} in {HERE}"),
+        format!("via {gateway} on {jail_if} in {HERE}"),
+    ];
+    let requests = [
+        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_name("lo").up().build()),
+        RouteNetlinkMessage::NewAddress(
+            AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(index)
+                .address(addr, prefix_len)
+                .build(),
+        ),
+        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
+        RouteNetlinkMessage::NewRoute(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build(),
+        ),
+    ];
+    let mut buf = Vec::new();
+    for (seq, req) in (1u32..).zip(requests) {
+        let mut m = NetlinkMessage::from(req);
+        m.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+        m.header.sequence_number = seq;
+        m.finalize();
+        let at = buf.len();
+        buf.resize(at + m.buffer_len().next_multiple_of(4), 0);
+        m.serialize(&mut buf[at..]);
+    }
+    let io_err = |op: &'static str| {
+        move |e: std::io::Error| Error::Namespace {
+            namespace: HERE.to_string(),
+            op,
+            source: e,
+        }
+    };
+    let sock = netlink_sys::Socket::new(netlink_sys::constants::NETLINK_ROUTE).map_err(|e| {
+        Error::Socket {
+            namespace: HERE.to_string(),
+            source: e,
+        }
+    })?;
+    let kernel = netlink_sys::SocketAddr::new(0, 0);
+    let sent = sock
+        .send_to(&buf, &kernel, 0)
+        .map_err(io_err("sending the configuration"))?;
+    if sent != buf.len() {
+        return Err(io_err("sending the configuration")(std::io::Error::other(
+            "short write to the netlink socket",
+        )));
+    }
+    // The kernel answers every request before send returns; the answers
+    // are read without blocking so that a missing one cannot hang init.
+    let mut answers: [Option<Option<rtnetlink::Error>>; 4] = Default::default();
+    let mut rbuf = Vec::with_capacity(16 * 1024);
+    while answers.iter().any(Option::is_none) {
+        rbuf.clear();
+        let n = sock
+            .recv(&mut rbuf, libc_msg_dontwait())
+            .map_err(io_err("reading the kernel's answers"))?;
+        let mut off = 0;
+        while off < n {
+            let m =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rbuf[off..n]).map_err(|e| {
+                    io_err("reading the kernel's answers")(std::io::Error::other(e.to_string()))
+                })?;
+            let len = (m.header.length as usize).next_multiple_of(4);
+            if len == 0 {
+                break;
+            }
+            off += len;
+            let seq = m.header.sequence_number as usize;
+            if let (NetlinkPayload::Error(e), 1..=4) = (m.payload, seq) {
+                answers[seq - 1] = Some(e.code.map(|_| rtnetlink::Error::NetlinkError(e)));
+            }
+        }
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        if let Some(Some(e)) = answer {
+            if i == 1 && errno(&e) == Some(Errno::EEXIST) {
+                continue;
+            }
+            return Err(Error::Netlink {
+                op: INSIDE_OPS[i],
+                subject: subjects[i].clone(),
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// MSG_DONTWAIT (socket(7)): the same value on every Linux architecture.
+fn libc_msg_dontwait() -> i32 {
+    nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits()
 }
 
 #[cfg(test)]

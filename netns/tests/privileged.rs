@@ -594,6 +594,94 @@ async fn two_bridges_isolation_host_ports_and_teardown() {
     assert_eq!(reopened.leases().count(), 0);
 }
 
+/// Runs `f` on a thread of its own that first joins network namespace
+/// `ns` (the thread ends with it, so this process's namespace is never
+/// changed).
+fn in_ns_thread<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "privileged: needs root"]
+async fn veth_pair_configured_from_inside() {
+    preconditions();
+    let net = Net::connect().await.expect("connect");
+    let subnet = free_subnet();
+    let br = unique("btC");
+    let _gb = LinkGuard(br.clone());
+    let bridge = net.ensure_bridge(&br, host(subnet, 1), 24).await.unwrap();
+    let ns = NsGuard::create();
+    let host_if = unique("btc");
+    let _gv = LinkGuard(host_if.clone());
+    let addr = host(subnet, 7);
+    let veth = net
+        .add_veth_pair(&bridge, &host_if, "eth0", ns.ns().ns_ref(), addr)
+        .await
+        .expect("add veth pair");
+    assert_eq!(veth.addr, addr);
+    // The jail end arrives down, without an address, with one queue each
+    // way (as the host end).
+    let inside = in_ns_output(
+        &ns.path(),
+        &["ip", "-d", "-o", "link", "show", "dev", "eth0"],
+    );
+    assert!(inside.contains("state DOWN"), "{inside}");
+    assert!(inside.contains("numtxqueues 1 numrxqueues 1"), "{inside}");
+    let outside = String::from_utf8(
+        Command::new("ip")
+            .args(["-d", "-o", "link", "show", "dev", &host_if])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(outside.contains("numtxqueues 1 numrxqueues 1"), "{outside}");
+    assert!(outside.contains(&format!("master {br}")), "{outside}");
+    let v4 = in_ns_output(&ns.path(), &["ip", "-o", "-4", "addr", "show"]);
+    assert!(!v4.contains("eth0"), "{v4}");
+
+    // Configured from a thread inside: loopback, address, link, route.
+    let gw = bridge.gateway;
+    in_ns_thread(&ns.path(), move || {
+        netns::configure_current("eth0", addr, 24, gw)
+    })
+    .expect("configure from inside");
+    let v4 = in_ns_output(&ns.path(), &["ip", "-o", "-4", "addr", "show"]);
+    assert!(v4.contains(&format!("eth0    inet {addr}/24")), "{v4}");
+    assert!(v4.contains("lo    inet 127.0.0.1/8"), "{v4}");
+    let routes = in_ns_output(&ns.path(), &["ip", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("default via {gw} dev eth0")),
+        "{routes}"
+    );
+    assert!(
+        ping(&ns.path(), gw),
+        "configured end cannot ping the gateway"
+    );
+
+    // Again: the address is there (fine), the route too (an error that
+    // says which request failed and where).
+    let err = in_ns_thread(&ns.path(), move || {
+        netns::configure_current("eth0", addr, 24, gw)
+    })
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("adding default route"), "{msg}");
+    assert!(msg.contains(&format!("via {gw} on eth0")), "{msg}");
+    // A link that is not there is named.
+    let err = in_ns_thread(&ns.path(), move || {
+        netns::configure_current("eth9", addr, 24, gw)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("link eth9 not found"), "{err}");
+}
+
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "privileged: needs root"]
 async fn veth_into_namespace_of_a_pid() {

@@ -760,22 +760,22 @@ fn build_spec(
 }
 
 /// Under the state lock: recovery, the name check, the overlay dirs, the
-/// runtime's create and the firewall. `tidy_after`: the caller tidies the
-/// state dir when the jail ends (`run`), so recovery need not unless it
-/// removed something.
+/// runtime's create and the firewall. `run`: the jail is started at once
+/// ([`Jail::create_started`]) and the caller tidies the state dir when it
+/// ends, so recovery need not unless it removed something.
 async fn create_locked(
     ctx: &Ctx,
     name: &str,
     opts: &JailOpts,
     cmd: &[std::ffi::OsString],
     console: Console,
-    tidy_after: bool,
+    run: bool,
 ) -> Result<Jail, CliError> {
     let t0 = std::time::Instant::now();
     let spec = build_spec(ctx, name, opts, cmd, console)?;
     let _lock = lock_state(ctx, true).await?;
     mark(t0, "locked");
-    recover(ctx, !tidy_after).await?;
+    recover(ctx, !run).await?;
     mark(t0, "recovered");
     if ctx.jail_exists(name) {
         return Err(CliError::NameClash {
@@ -802,7 +802,12 @@ async fn create_locked(
         }
     }
     mark(t0, "firewall synced");
-    match Jail::create(spec).await {
+    let created = if run {
+        Jail::create_started(spec).await
+    } else {
+        Jail::create(spec).await
+    };
+    match created {
         Ok(j) => Ok(j),
         Err(e) => {
             remove_overlay(ctx, name);
@@ -839,9 +844,11 @@ async fn cmd_run(
     cmd: &[std::ffi::OsString],
 ) -> Result<ExitCode, CliError> {
     let t0 = std::time::Instant::now();
+    // Before the jail exists: its payload starts as soon as it is set up.
+    let signals = Forwarded::install()?;
     let mut jail = create_locked(ctx, name, opts, cmd, Console::Inherit, true).await?;
     mark(t0, "created");
-    let outcome = run_payload(&mut jail).await;
+    let outcome = signals.wait(&mut jail).await;
     mark(t0, "payload ended");
     // Memory accounting survives the payload until the cgroup goes.
     let oom_kills = jail.oom_kills().await.unwrap_or(0);
@@ -872,27 +879,40 @@ async fn cmd_run(
     Ok(exit_code(rec.code))
 }
 
-/// Starts the payload and waits for it, forwarding SIGINT, SIGTERM and
-/// SIGHUP sent to berth to the jail. For `run`, which deletes the jail
-/// after.
-async fn run_payload(jail: &mut Jail) -> Result<jail::ExitRecord, CliError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Runtime)?;
-    let mut term = signal(SignalKind::terminate()).map_err(CliError::Runtime)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(CliError::Runtime)?;
-    jail.start().await.map_err(jail_err)?;
-    loop {
-        let sig = tokio::select! {
-            // Cancel-safe: the signal streams lose nothing when another
-            // branch wins, and a cancelled wait() is simply called again.
-            _ = int.recv() => libc_sig::INT,
-            _ = term.recv() => libc_sig::TERM,
-            _ = hup.recv() => libc_sig::HUP,
-            // The jail is deleted right after: no phase to save.
-            rec = jail.wait_before_delete() => return rec.map_err(jail_err),
-        };
-        if let Err(e) = jail.kill(sig) {
-            tracing::debug!(error = %e, "forwarding a signal to the jail");
+/// SIGINT, SIGTERM and SIGHUP sent to berth, forwarded to the jail by
+/// `run`, which deletes the jail after.
+struct Forwarded {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Forwarded {
+    fn install() -> Result<Forwarded, CliError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Forwarded {
+            int: signal(SignalKind::interrupt()).map_err(CliError::Runtime)?,
+            term: signal(SignalKind::terminate()).map_err(CliError::Runtime)?,
+            hup: signal(SignalKind::hangup()).map_err(CliError::Runtime)?,
+        })
+    }
+
+    /// Waits for the payload of the started `jail`, forwarding the
+    /// signals (also those that came while it was being created).
+    async fn wait(mut self, jail: &mut Jail) -> Result<jail::ExitRecord, CliError> {
+        loop {
+            let sig = tokio::select! {
+                // Cancel-safe: the signal streams lose nothing when another
+                // branch wins, and a cancelled wait() is simply called again.
+                _ = self.int.recv() => libc_sig::INT,
+                _ = self.term.recv() => libc_sig::TERM,
+                _ = self.hup.recv() => libc_sig::HUP,
+                // The jail is deleted right after: no phase to save.
+                rec = jail.wait_before_delete() => return rec.map_err(jail_err),
+            };
+            if let Err(e) = jail.kill(sig) {
+                tracing::debug!(error = %e, "forwarding a signal to the jail");
+            }
         }
     }
 }

@@ -207,6 +207,21 @@ impl Jail {
     ///
     /// [`start`]: Jail::start
     pub async fn create(spec: JailSpec) -> Result<Jail, Error> {
+        Self::create_inner(spec, false).await
+    }
+
+    /// [`Jail::create`] and [`Jail::start`] in one, for a jail that runs at
+    /// once (`berth jail run`): the start FIFO is opened before init
+    /// reports, so init goes on to the payload right after its setup,
+    /// without waiting for a separate start; the record says `running`
+    /// when this returns. Until then it says `creating`, so a creator
+    /// killed meanwhile leaves a jail that [`recover`] removes, payload and
+    /// all.
+    pub async fn create_started(spec: JailSpec) -> Result<Jail, Error> {
+        Self::create_inner(spec, true).await
+    }
+
+    async fn create_inner(spec: JailSpec, start: bool) -> Result<Jail, Error> {
         let dir = jail_dir(&spec.state_root, spec.name.as_str());
         let state = {
             let dir = dir.clone();
@@ -218,7 +233,7 @@ impl Jail {
             state,
             pidfd: None,
         };
-        match create_rest(&mut jail).await {
+        match create_rest(&mut jail, start).await {
             Ok(()) => Ok(jail),
             Err(e) => {
                 if let Some(fd) = &jail.pidfd {
@@ -248,38 +263,10 @@ impl Jail {
         }
         let pidfd = self.check_alive()?.clone();
         let dir = self.dir.clone();
-        let mut state = self.state.clone();
+        let state = self.state.clone();
         self.state = blocking(move || {
-            let fifo = dir.join(FIFO_FILE);
-            let f = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&fifo)
-                .map_err(Error::io(format!("open {}", fifo.display())))?;
-            // Init's pidfd too: a FIFO whose writer never came reports
-            // nothing, so an init that died would cost the whole timeout.
-            let mut pfd = [
-                PollFd::new(f.as_fd(), PollFlags::POLLIN),
-                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            ];
-            let n = poll(&mut pfd, PollTimeout::from(10_000u16))
-                .map_err(Error::nix(format!("poll {}", fifo.display())))?;
-            if n == 0 {
-                return Err(Error::Timeout(format!("start {}", fifo.display())));
-            }
-            let fifo_ready = pfd[0]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
-            if !fifo_ready {
-                return Err(Error::NotRunning(state.name.to_string()));
-            }
-            let mut b = [0u8; 1];
-            let _ = (&f).read(&mut b);
-            drop(f);
-            let _ = fs::remove_file(&fifo);
-            state.phase = Phase::Running;
-            state.save(&dir)?;
-            Ok(state)
+            let f = open_start_fifo(&dir)?;
+            take_start(&dir, f, &pidfd, state)
         })
         .await?;
         Ok(())
@@ -646,8 +633,55 @@ fn limits(spec: &JailSpec) -> cgroup::Limits {
     }
 }
 
+/// Opens the start FIFO for reading (without blocking): init, which opens
+/// it for writing once set up, then writes its byte and goes on.
+fn open_start_fifo(dir: &Path) -> Result<fs::File, Error> {
+    let fifo = dir.join(FIFO_FILE);
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&fifo)
+        .map_err(Error::io(format!("open {}", fifo.display())))
+}
+
+/// Waits for init's byte on the start FIFO `f` (init is then past it, on
+/// its way to the payload), removes the FIFO and saves `state` as
+/// `running`; returns it.
+fn take_start(
+    dir: &Path,
+    f: fs::File,
+    pidfd: &OwnedFd,
+    mut state: JailState,
+) -> Result<JailState, Error> {
+    let fifo = dir.join(FIFO_FILE);
+    // Init's pidfd too: a FIFO whose writer never came reports nothing, so
+    // an init that died would cost the whole timeout.
+    let mut pfd = [
+        PollFd::new(f.as_fd(), PollFlags::POLLIN),
+        PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+    ];
+    let n = poll(&mut pfd, PollTimeout::from(10_000u16))
+        .map_err(Error::nix(format!("poll {}", fifo.display())))?;
+    if n == 0 {
+        return Err(Error::Timeout(format!("start {}", fifo.display())));
+    }
+    let fifo_ready = pfd[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN));
+    if !fifo_ready {
+        return Err(Error::NotRunning(state.name.to_string()));
+    }
+    let mut b = [0u8; 1];
+    let _ = (&f).read(&mut b);
+    drop(f);
+    let _ = fs::remove_file(&fifo);
+    state.phase = Phase::Running;
+    state.save(dir)?;
+    Ok(state)
+}
+
 /// Everything of create after the state record exists.
-async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
+async fn create_rest(jail: &mut Jail, start: bool) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let spec = jail.state.spec.clone();
 
@@ -718,10 +752,30 @@ async fn create_rest(jail: &mut Jail) -> Result<(), Error> {
             });
         }
     }
+    // Started at once: the FIFO's reader is there before init reports,
+    // so init does not wait for the `created` record and a start.
+    let early = if start {
+        let dir = jail.dir.clone();
+        Some(blocking(move || open_start_fifo(&dir)).await?)
+    } else {
+        None
+    };
     blocking(move || spawned.wait_setup()).await?;
     mark(t0, "init set up");
-    jail.state.phase = Phase::Created;
-    let r = save(jail).await;
+    let r = match (early, &jail.pidfd) {
+        (Some(f), Some(pidfd)) => {
+            let (dir, pidfd) = (jail.dir.clone(), pidfd.clone());
+            let mut state = jail.state.clone();
+            state.phase = Phase::Created;
+            blocking(move || take_start(&dir, f, &pidfd, state))
+                .await
+                .map(|st| jail.state = st)
+        }
+        _ => {
+            jail.state.phase = Phase::Created;
+            save(jail).await
+        }
+    };
     mark(t0, "created");
     r
 }
@@ -1553,12 +1607,8 @@ pub async fn list(state_root: &Path) -> Result<Vec<JailInfo>, Error> {
 /// Create, start, wait, delete: a one-shot jail. Returns the payload's
 /// exit record.
 pub async fn run(spec: JailSpec) -> Result<ExitRecord, Error> {
-    let mut jail = Jail::create(spec).await?;
-    let res = async {
-        jail.start().await?;
-        jail.wait_inner(false).await
-    }
-    .await;
+    let mut jail = Jail::create_started(spec).await?;
+    let res = jail.wait_inner(false).await;
     let del = jail.delete().await;
     match (res, del) {
         (Ok(r), Ok(())) => Ok(r),

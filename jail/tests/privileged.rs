@@ -986,6 +986,39 @@ fn run_is_create_start_wait_delete() {
 
 #[test]
 #[ignore = "privileged: needs root"]
+fn create_started_runs_the_payload_without_a_start() {
+    let env = Env::new();
+    let name = unique("started");
+    // The payload waits for a file the test writes into the jail's upper
+    // (bind) root once create_started has returned.
+    let spec = env.spec(
+        &name,
+        "while [ ! -e /go ]; do sleep 0.01; done; echo went; exit 4",
+    );
+    let dir = env.state_root().join(spec.name.as_str());
+    let spec2 = spec.clone();
+    let rootfs = env.rootfs().to_path_buf();
+    rt().block_on(async move {
+        let mut j = Jail::create_started(spec2).await.unwrap();
+        // Running on return, the start FIFO gone, and a start refused.
+        assert_eq!(j.state().phase, jail::Phase::Running);
+        let saved = jail::JailState::load(&dir).unwrap();
+        assert_eq!(saved.phase, jail::Phase::Running);
+        assert!(!dir.join("exec.fifo").exists());
+        assert!(j.start().await.is_err());
+        std::fs::write(rootfs.join("go"), b"").unwrap();
+        let r = j.wait().await.unwrap();
+        let _ = std::fs::remove_file(rootfs.join("go"));
+        assert_eq!(r.code, 4);
+        let out = std::fs::read_to_string(dir.join("console.log")).unwrap();
+        assert_eq!(out, "went\n");
+        j.delete().await.unwrap();
+    });
+    assert_no_leaks(&spec);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
 fn passed_device_works_and_others_are_refused() {
     let env = Env::new();
     let mut oci = oci_spec(&env.rootfs(), "sleep 1000");

@@ -420,7 +420,7 @@ async fn tidy(ctx: &Ctx, vendors: &[String]) -> Result<(), CliError> {
         }
     }
     for vendor in vendors {
-        for h in cgroup_mounts() {
+        for h in jail::cgroup_roots() {
             // rmdir(2) refuses a cgroup with tasks or children: only an
             // empty vendor cgroup goes.
             let _ = std::fs::remove_dir(h.join(&ctx.cgroup_parent).join(vendor));
@@ -600,21 +600,6 @@ async fn sync_firewall(ctx: &Ctx, extra: Option<&NetOptions>) -> Result<(), CliE
             .map_err(net_err(format!("firewall table {}", fw.table())))
     })
     .await
-}
-
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            if fstype == "cgroup" || fstype == "cgroup2" {
-                pre.split_whitespace().nth(4).map(PathBuf::from)
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 fn remove_overlay(ctx: &Ctx, name: &str) {

@@ -168,6 +168,26 @@ impl Cgroup {
         for root in self.h.roots() {
             let unified = self.h.unified_mount() == Some(root.as_path());
             let is_cpuset = cpuset == Some(Backend::V1(root.clone()));
+            // The parents usually exist (a vendor's earlier jails): one
+            // mkdir of the leaf, and the walk only when it finds none. Not
+            // where v2 controllers are enabled on the way down.
+            if !unified || wanted.is_empty() {
+                let leaf = root.join(&self.rel);
+                match fs::create_dir(&leaf) {
+                    Ok(()) => {
+                        created.push(leaf.clone());
+                        if let (true, Some(parent)) = (is_cpuset, leaf.parent()) {
+                            v1::init_cpuset(parent, &leaf)?;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(Error::AlreadyExists { path: leaf });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(Error::Mkdir { path: leaf, source }),
+                }
+            }
             let mut rel = PathBuf::new();
             let mut cur = root.clone();
             for (i, comp) in comps.iter().enumerate() {
@@ -182,6 +202,12 @@ impl Cgroup {
                         created.push(cur.clone());
                         if is_cpuset {
                             v1::init_cpuset(&parent, &cur)?;
+                            if i + 1 < comps.len() {
+                                // Children made later get cpus and mems
+                                // from the kernel (an optimization: the
+                                // leaf's are checked either way).
+                                let _ = fsutil::write(&cur.join("cgroup.clone_children"), "1");
+                            }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && i + 1 < comps.len() => {}
@@ -715,9 +741,13 @@ mod tests {
         assert_eq!(read(m("cpu,cpuacct").join("cpu.cfs_period_us")), "100000");
         assert_eq!(read(m("cpu,cpuacct").join("cpu.cfs_quota_us")), "50000");
         assert_eq!(read(m("pids").join("pids.max")), "32");
-        // The fake keeps only the last write of each file.
+        // A fake file keeps the last value written on each open; devices.*
+        // get one open and one write per rule (the kernel's unit), in order.
         assert_eq!(read(m("devices").join("devices.deny")), "a");
-        assert_eq!(read(m("devices").join("devices.allow")), "c 136:* rw");
+        assert_eq!(
+            read(m("devices").join("devices.allow")),
+            "c 1:3 rwmc 136:* rw"
+        );
         assert_eq!(read(m("blkio").join("blkio.bfq.weight")), "19");
     }
 
@@ -762,6 +792,29 @@ mod tests {
             ..Limits::default()
         })
         .unwrap();
+    }
+
+    #[test]
+    fn v1_siblings_reuse_the_parents() {
+        let (root, h) = fake(V1, "");
+        let cpuset = root.path().join("sys/fs/cgroup/cpuset");
+        let a = Cgroup::create(&h, Path::new("berth/v/a")).unwrap();
+        // (cgroup.clone_children, which the kernel provides, is checked by
+        // tests/real.rs.)
+        assert!(cpuset.join("berth/v/a").is_dir());
+        // A sibling under the existing parents, in every hierarchy.
+        let b = Cgroup::create(&h, Path::new("berth/v/b")).unwrap();
+        assert_eq!(b.dirs().len(), a.dirs().len());
+        assert!(b
+            .dirs()
+            .iter()
+            .all(|d| d.is_dir() && d.ends_with("berth/v/b")));
+        let err = Cgroup::create(&h, Path::new("berth/v/b")).unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert!(
+            b.dirs().iter().all(|d| d.is_dir()),
+            "a refused create removed the first"
+        );
     }
 
     #[test]

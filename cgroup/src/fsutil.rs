@@ -43,6 +43,45 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), Error> {
     })
 }
 
+/// A control file kept open for several writes, each a single write(2)
+/// (for files such as v1 `devices.allow` that take one entry per write).
+pub(crate) struct Writer {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Writer {
+    pub(crate) fn open(path: &Path) -> Result<Writer, Error> {
+        let file = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                value: String::new(),
+                source,
+            })?;
+        Ok(Writer {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes `value` in one write(2); a short write is an error.
+    pub(crate) fn write(&mut self, value: &str) -> Result<(), Error> {
+        let err = |source| Error::Write {
+            path: self.path.clone(),
+            value: value.to_string(),
+            source,
+        };
+        match self.file.write(value.as_bytes()) {
+            Ok(n) if n == value.len() => Ok(()),
+            Ok(_) => Err(err(std::io::Error::other("short write"))),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
+
 /// Parses a file that holds one unsigned number.
 pub(crate) fn read_u64(path: &Path) -> Result<u64, Error> {
     parse_u64(path, &read(path)?)

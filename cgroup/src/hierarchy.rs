@@ -231,7 +231,7 @@ impl Hierarchy {
     /// that manages at least one controller, and the cgroup2 mount (on a
     /// hybrid host too, so that `cgroup.kill`, eBPF and process tracking
     /// work there).
-    pub(crate) fn roots(&self) -> Vec<PathBuf> {
+    pub fn roots(&self) -> Vec<PathBuf> {
         let mut roots: Vec<PathBuf> = Vec::new();
         for m in &self.v1 {
             let used = m

@@ -86,16 +86,25 @@ pub(crate) fn pids(dir: &Path, max: u64) -> Result<(), Error> {
     fsutil::write(&dir.join("pids.max"), &max.to_string())
 }
 
-/// Deny everything, then apply the rules in order (devices.txt).
+/// Deny everything, then apply the rules in order (devices.txt). The
+/// kernel takes one rule per write(2): each file is opened once and gets
+/// one write per rule.
 pub(crate) fn devices(dir: &Path, rules: &[DeviceRule]) -> Result<(), Error> {
-    fsutil::write(&dir.join("devices.deny"), "a")?;
+    let mut deny = fsutil::Writer::open(&dir.join("devices.deny"))?;
+    let mut allow = None;
+    deny.write("a")?;
     for rule in rules.iter().filter(|r| !r.access.is_empty()) {
-        let file = if rule.allow {
-            "devices.allow"
+        let line = rule.v1_line();
+        if rule.allow {
+            if allow.is_none() {
+                allow = Some(fsutil::Writer::open(&dir.join("devices.allow"))?);
+            }
+            if let Some(w) = allow.as_mut() {
+                w.write(&line)?;
+            }
         } else {
-            "devices.deny"
-        };
-        fsutil::write(&dir.join(file), &rule.v1_line())?;
+            deny.write(&line)?;
+        }
     }
     Ok(())
 }

@@ -271,6 +271,21 @@ fn create_apply_attach_stats_destroy() {
         let cs = v1_dir(&f, Controller::Cpuset, &rel);
         assert!(!read(&cs.join("cpuset.cpus")).is_empty());
         assert!(!read(&cs.join("cpuset.mems")).is_empty());
+        // The parent made on the way (vendorA) passes them on by itself;
+        // a sibling made under it with one mkdir gets them as well.
+        let vendor = cs.parent().unwrap();
+        assert_eq!(read(&vendor.join("cgroup.clone_children")), "1");
+        let sibling = f.create("vendorA/jail2");
+        let cs2 = v1_dir(&f, Controller::Cpuset, &f.rel("vendorA/jail2"));
+        assert_eq!(
+            read(&cs2.join("cpuset.cpus")),
+            read(&cs.join("cpuset.cpus"))
+        );
+        assert_eq!(
+            read(&cs2.join("cpuset.mems")),
+            read(&cs.join("cpuset.mems"))
+        );
+        sibling.destroy().unwrap();
     }
 
     let limits = Limits {

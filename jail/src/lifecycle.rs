@@ -544,6 +544,13 @@ fn detected_hierarchy() -> Result<cgroup::Hierarchy, cgroup::Error> {
     Ok(ONCE.get_or_init(|| h).clone())
 }
 
+/// The cgroup hierarchy roots jails get directories in (see
+/// [`cgroup::Hierarchy::roots`]); empty when the host's layout cannot be
+/// read.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    detected_hierarchy().map(|h| h.roots()).unwrap_or_default()
+}
+
 fn cgroup_parent(spec: &JailSpec) -> PathBuf {
     // cgroup_path is <parent>/<vendor>/<name>.
     spec.cgroup_path

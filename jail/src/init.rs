@@ -3,7 +3,8 @@
 //! `berth-init` is a fresh, single-threaded process (the library execs it
 //! from a raw clone child), so ordinary Rust is fine here. Create mode:
 //! read the plan, set up the jail (cgroup namespace, mounts, rootfs, /proc,
-//! /sys, /dev, pivot_root, masked and read-only paths, hostname), report
+//! /sys, /dev, pivot_root, masked and read-only paths, hostname), for a
+//! networked jail wait for its veth and configure the jail's end, report
 //! `ok`, block on the start FIFO, then fork the payload and exec the
 //! reaper (`src/reaper.c`), which stays PID 1: it forwards signals to the
 //! payload, reaps every zombie, records the payload's exit status and exits

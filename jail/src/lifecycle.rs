@@ -12,11 +12,14 @@
 //! [`recover`] can clean up), then the cgroup, then init is
 //! cloned (born in the v2 cgroup; it writes itself into the v1 ones); the
 //! parent writes id maps and lets it go, then allocates the address,
-//! ensures the bridge and creates the veth into init's network namespace
-//! while init sets up its mounts, and waits for both. The next
-//! durable write is phase `created` with pid, start time and address: a
-//! creator that dies before it leaves nothing that `recover` cannot find
-//! from the `creating` record (init dies with its cgroup).
+//! ensures the bridge and creates the veth pair into init's network
+//! namespace while init sets up its mounts; init then configures its end
+//! (address, route, loopback) from the record the parent sends, and
+//! reports. The next durable write is phase `created` with pid, start time
+//! and address (`running` for [`Jail::create_started`], which opens the
+//! start FIFO before init reports): a creator that dies before it leaves
+//! nothing that `recover` cannot find from the `creating` record (init
+//! dies with its cgroup).
 
 use std::fs;
 use std::io::{Read, Write};

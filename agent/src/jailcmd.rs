@@ -343,10 +343,10 @@ async fn recover_locked(ctx: &Ctx) -> Result<Option<StateLock>, CliError> {
 /// for a caller that tidies itself soon after (`run` does when its jail
 /// ends).
 async fn recover(ctx: &Ctx, always_tidy: bool) -> Result<(), CliError> {
-    let jails = jail::list(&ctx.jails()).await.map_err(jail_err)?;
+    let jails = jail::list_creating(&ctx.jails()).await.map_err(jail_err)?;
     let mut first_err = None;
     let mut vendors = Vec::new();
-    for info in jails.iter().filter(|i| i.phase == Phase::Creating) {
+    for info in &jails {
         tracing::warn!(
             jail = info.name.as_str(),
             "removing a jail whose create never finished"

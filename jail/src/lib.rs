@@ -80,8 +80,8 @@ pub mod testing;
 
 pub use error::Error;
 pub use lifecycle::{
-    cgroup_roots, find_init, list, recover, run, set_inline_blocking, ExecOptions, ExecOutput,
-    ExecStdio, Jail, JailInfo, JailStats, JAIL_IF,
+    cgroup_roots, find_init, list, list_creating, recover, run, set_inline_blocking, ExecOptions,
+    ExecOutput, ExecStdio, Jail, JailInfo, JailStats, JAIL_IF,
 };
 pub use name::{Name, NameError};
 pub use spec::{Console, IdMap, JailOptions, JailSpec, NetOptions, RootfsOptions, SpecError};

@@ -1587,6 +1587,18 @@ async fn cleanup(state: &JailState, dir: &Path) -> Vec<Error> {
 
 /// Every jail under `state_root`.
 pub async fn list(state_root: &Path) -> Result<Vec<JailInfo>, Error> {
+    list_where(state_root, false).await
+}
+
+/// The jails of `state_root` whose create never finished (phase
+/// `creating`): what a recovery removes. Unlike [`list`] it checks no
+/// other jail's process, so its cost does not grow with the running jails
+/// beyond reading their records.
+pub async fn list_creating(state_root: &Path) -> Result<Vec<JailInfo>, Error> {
+    list_where(state_root, true).await
+}
+
+async fn list_where(state_root: &Path, only_creating: bool) -> Result<Vec<JailInfo>, Error> {
     let root = state_root.to_owned();
     blocking(move || {
         let mut out = Vec::new();
@@ -1595,6 +1607,9 @@ pub async fn list(state_root: &Path) -> Result<Vec<JailInfo>, Error> {
             let Ok(st) = JailState::load(&dir) else {
                 continue;
             };
+            if only_creating && st.phase != Phase::Creating {
+                continue;
+            }
             let alive = open_verified(&st).is_some();
             out.push(JailInfo {
                 name,

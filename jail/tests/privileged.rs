@@ -689,6 +689,14 @@ fn creator_killed_mid_create_is_recovered() {
         child.kill().unwrap();
         child.wait().unwrap();
         let state_root = env.state_root();
+        // What a recovery of berth's CLI removes: the creating jail only.
+        let creating = rt().block_on(jail::list_creating(&state_root)).unwrap();
+        let creating: Vec<_> = creating.into_iter().map(|i| i.name).collect();
+        if matches!(phase, Ok(jail::Phase::Creating)) {
+            assert_eq!(creating, vec![name.clone()], "attempt {attempt}");
+        } else {
+            assert!(creating.is_empty(), "{creating:?}");
+        }
         let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
         if matches!(phase, Ok(jail::Phase::Creating)) {
             assert_eq!(removed, vec![name], "attempt {attempt}");
@@ -1000,6 +1008,9 @@ fn create_started_runs_the_payload_without_a_start() {
     let rootfs = env.rootfs().to_path_buf();
     rt().block_on(async move {
         let mut j = Jail::create_started(spec2).await.unwrap();
+        let root = dir.parent().unwrap().to_path_buf();
+        assert!(jail::list_creating(&root).await.unwrap().is_empty());
+        assert_eq!(jail::list(&root).await.unwrap().len(), 1);
         // Running on return, the start FIFO gone, and a start refused.
         assert_eq!(j.state().phase, jail::Phase::Running);
         let saved = jail::JailState::load(&dir).unwrap();
@@ -1160,6 +1171,14 @@ fn creator_killed_after_init_joined_its_cgroup_is_recovered() {
         child.kill().unwrap();
         child.wait().unwrap();
         let state_root = env.state_root();
+        // What a recovery of berth's CLI removes: the creating jail only.
+        let creating = rt().block_on(jail::list_creating(&state_root)).unwrap();
+        let creating: Vec<_> = creating.into_iter().map(|i| i.name).collect();
+        if matches!(phase, Ok(jail::Phase::Creating)) {
+            assert_eq!(creating, vec![name.clone()], "attempt {attempt}");
+        } else {
+            assert!(creating.is_empty(), "{creating:?}");
+        }
         let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
         if matches!(phase, Ok(jail::Phase::Creating)) {
             assert_eq!(removed, vec![name], "attempt {attempt}");

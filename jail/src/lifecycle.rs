@@ -1604,12 +1604,12 @@ async fn list_where(state_root: &Path, only_creating: bool) -> Result<Vec<JailIn
         let mut out = Vec::new();
         for name in list_names(&root)? {
             let dir = jail_dir(&root, &name);
+            if only_creating && !matches!(JailState::load_phase(&dir), Ok(Phase::Creating)) {
+                continue;
+            }
             let Ok(st) = JailState::load(&dir) else {
                 continue;
             };
-            if only_creating && st.phase != Phase::Creating {
-                continue;
-            }
             let alive = open_verified(&st).is_some();
             out.push(JailInfo {
                 name,

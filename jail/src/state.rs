@@ -165,6 +165,32 @@ impl JailState {
         write_atomic(&dir.join(STATE_FILE), &bytes)
     }
 
+    /// The phase in the record of state dir `dir`, without the rest (a
+    /// scan for recovery, which needs the whole record of few jails).
+    pub fn load_phase(dir: &Path) -> Result<Phase, StateError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            version: u64,
+            phase: Phase,
+        }
+        let path = dir.join(STATE_FILE);
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let p: Peek = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        if p.version == 0 || p.version > u64::from(STATE_VERSION) {
+            return Err(StateError::Corrupt {
+                path,
+                why: format!(
+                    "version {} is not supported (this build reads 1..={STATE_VERSION})",
+                    p.version
+                ),
+            });
+        }
+        Ok(p.phase)
+    }
+
     /// Reads `<dir>/state.json`.
     pub fn load(dir: &Path) -> Result<JailState, StateError> {
         let path = dir.join(STATE_FILE);
@@ -280,9 +306,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = sample();
         s.save(d.path()).unwrap();
+        assert_eq!(JailState::load_phase(d.path()).unwrap(), s.phase);
         s.phase = Phase::Running;
         s.save(d.path()).unwrap();
         assert_eq!(JailState::load(d.path()).unwrap().phase, Phase::Running);
+        assert_eq!(JailState::load_phase(d.path()).unwrap(), Phase::Running);
     }
 
     #[test]
@@ -297,11 +325,17 @@ mod tests {
                 p.display()
             )
         );
+        fs::write(&p, br#"{"version": 99, "phase": "creating"}"#).unwrap();
+        assert!(JailState::load_phase(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("version 99 is not supported"));
         fs::write(&p, b"{half").unwrap();
         assert!(JailState::load(d.path())
             .unwrap_err()
             .to_string()
             .starts_with(&format!("state {}: ", p.display())));
+        assert!(JailState::load_phase(d.path()).is_err());
     }
 
     #[test]

@@ -640,6 +640,23 @@ fn init_killed_from_outside_then_adopt_and_delete_cleans() {
     assert_no_leaks(&spec);
 }
 
+/// What a recovery of berth's CLI removes after a creator was killed:
+/// jail `name` exactly when its record (read as `phase`) says `creating`.
+fn assert_list_creating(
+    state_root: &Path,
+    name: &str,
+    phase: &Result<jail::Phase, jail::state::StateError>,
+    attempt: impl std::fmt::Display,
+) {
+    let creating = rt().block_on(jail::list_creating(state_root)).unwrap();
+    let creating: Vec<_> = creating.into_iter().map(|i| i.name).collect();
+    if matches!(phase, Ok(jail::Phase::Creating)) {
+        assert_eq!(creating, vec![name.to_string()], "attempt {attempt}");
+    } else {
+        assert!(creating.is_empty(), "{creating:?}");
+    }
+}
+
 #[test]
 #[ignore = "privileged: needs root"]
 fn creator_killed_mid_create_is_recovered() {
@@ -689,14 +706,7 @@ fn creator_killed_mid_create_is_recovered() {
         child.kill().unwrap();
         child.wait().unwrap();
         let state_root = env.state_root();
-        // What a recovery of berth's CLI removes: the creating jail only.
-        let creating = rt().block_on(jail::list_creating(&state_root)).unwrap();
-        let creating: Vec<_> = creating.into_iter().map(|i| i.name).collect();
-        if matches!(phase, Ok(jail::Phase::Creating)) {
-            assert_eq!(creating, vec![name.clone()], "attempt {attempt}");
-        } else {
-            assert!(creating.is_empty(), "{creating:?}");
-        }
+        assert_list_creating(&state_root, &name, &phase, attempt);
         let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
         if matches!(phase, Ok(jail::Phase::Creating)) {
             assert_eq!(removed, vec![name], "attempt {attempt}");
@@ -1171,14 +1181,7 @@ fn creator_killed_after_init_joined_its_cgroup_is_recovered() {
         child.kill().unwrap();
         child.wait().unwrap();
         let state_root = env.state_root();
-        // What a recovery of berth's CLI removes: the creating jail only.
-        let creating = rt().block_on(jail::list_creating(&state_root)).unwrap();
-        let creating: Vec<_> = creating.into_iter().map(|i| i.name).collect();
-        if matches!(phase, Ok(jail::Phase::Creating)) {
-            assert_eq!(creating, vec![name.clone()], "attempt {attempt}");
-        } else {
-            assert!(creating.is_empty(), "{creating:?}");
-        }
+        assert_list_creating(&state_root, &name, &phase, attempt);
         let removed = rt().block_on(async move { jail::recover(&state_root).await.unwrap() });
         if matches!(phase, Ok(jail::Phase::Creating)) {
             assert_eq!(removed, vec![name], "attempt {attempt}");

@@ -335,8 +335,8 @@ impl Net {
     ///
     /// Round trips: one RTM_NEWLINK on the host (plus a lookup of the
     /// bridge when `bridge` did not come from [`Net::ensure_bridge`]),
-    /// while the socket inside `ns` is opened on a short-lived thread; in
-    /// `ns`, the lookup of `jail_if` runs beside loopback's RTM_SETLINK,
+    /// then a socket inside `ns`, opened on a short-lived thread; in `ns`,
+    /// the lookup of `jail_if` runs beside loopback's RTM_SETLINK,
     /// then the address, link-up and route requests go out together (the
     /// kernel handles one socket's requests in order, so the route finds
     /// the address on a link that is up).
@@ -348,24 +348,10 @@ impl Net {
         ns: NsRef,
         addr: Ipv4Addr,
     ) -> Result<Veth, Error> {
-        let (msg, ns_fd) = self
-            .veth_request(bridge, host_if, jail_if, &ns, addr)
+        let (veth, ns_fd) = self
+            .create_pair(bridge, host_if, jail_if, &ns, addr)
             .await?;
-        let sock_ns = ns_fd.try_clone().map_err(|e| Error::Namespace {
-            namespace: crate::ns::describe(&ns),
-            op: "duplicating the namespace fd",
-            source: e,
-        })?;
-        // The socket inside `ns` (opened on a short-lived thread) comes
-        // while the kernel registers the pair, not after it.
-        let (created, socket) = futures_util::future::join(
-            self.send_veth_request(msg, host_if, jail_if, &ns),
-            crate::ns::route_socket_in(&ns, sock_ns),
-        )
-        .await;
-        drop(ns_fd);
-        created?;
-        let configured = match socket {
+        let configured = match crate::ns::route_socket_in(&ns, ns_fd).await {
             Ok(socket) => configure_inside(&ns, socket, jail_if, addr, bridge).await,
             Err(e) => Err(e),
         };
@@ -373,11 +359,7 @@ impl Net {
             let cleanup = self.delete_link(host_if).await;
             return Err(Error::with_cleanup(e, cleanup));
         }
-        Ok(Veth {
-            host_if: host_if.to_string(),
-            jail_if: jail_if.to_string(),
-            addr,
-        })
+        Ok(veth)
     }
 
     /// The pair of [`Net::add_veth`] without the work inside `ns`: `jail_if`
@@ -393,17 +375,36 @@ impl Net {
         ns: NsRef,
         addr: Ipv4Addr,
     ) -> Result<Veth, Error> {
+        Ok(self
+            .create_pair(bridge, host_if, jail_if, &ns, addr)
+            .await?
+            .0)
+    }
+
+    /// Creates the pair; returns it with the namespace fd its jail end went
+    /// to (resolved once: whatever is done inside next lands there too).
+    async fn create_pair(
+        &self,
+        bridge: &Bridge,
+        host_if: &str,
+        jail_if: &str,
+        ns: &NsRef,
+        addr: Ipv4Addr,
+    ) -> Result<(Veth, std::os::fd::OwnedFd), Error> {
         let (msg, ns_fd) = self
-            .veth_request(bridge, host_if, jail_if, &ns, addr)
+            .veth_request(bridge, host_if, jail_if, ns, addr)
             .await?;
-        let created = self.send_veth_request(msg, host_if, jail_if, &ns).await;
-        drop(ns_fd);
-        created?;
-        Ok(Veth {
+        self.handle.link().add(msg).execute().await.map_err(nl(
+            "creating veth pair",
+            format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(ns)),
+        ))?;
+        tracing::info!(host_if, jail_if, "created veth pair");
+        let veth = Veth {
             host_if: host_if.to_string(),
             jail_if: jail_if.to_string(),
             addr,
-        })
+        };
+        Ok((veth, ns_fd))
     }
 
     /// Checks the names and the address, finds the bridge's index and
@@ -462,21 +463,6 @@ impl Net {
             .build();
         msg.attributes.extend(one_queue);
         Ok((msg, ns_fd))
-    }
-
-    async fn send_veth_request(
-        &self,
-        msg: LinkMessage,
-        host_if: &str,
-        jail_if: &str,
-        ns: &NsRef,
-    ) -> Result<(), Error> {
-        self.handle.link().add(msg).execute().await.map_err(nl(
-            "creating veth pair",
-            format!("{host_if} (peer {jail_if} in {})", crate::ns::describe(ns)),
-        ))?;
-        tracing::info!(host_if, jail_if, "created veth pair");
-        Ok(())
     }
 
     /// Deletes link `name` from the host namespace (for a veth, both ends go);

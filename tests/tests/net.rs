@@ -95,3 +95,35 @@ fn jail_without_net_has_only_loopback() {
     assert_eq!(out.ok(), "lo\n");
     env.assert_no_leftovers(&[]);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn user_ns_jail_configures_its_own_end_of_the_veth() {
+    // Init configures the jail's end from inside its namespaces; with a
+    // user namespace it does so as the namespace's root, not the host's.
+    let env = TestEnv::new_with_rootfs();
+    let v = env.vendor("u");
+    let out = env.jail_run(
+        &["--user-ns", "--net", "--vendor", &v],
+        &[
+            "/bin/sh",
+            "-c",
+            "id -u; ip -4 -o addr show dev eth0 | awk '{print $4}'; \
+             gw=$(ip route | awk '/^default/ {print $3}'); echo \"$gw\"; \
+             ping -c1 -W2 \"$gw\" >/dev/null && echo reached",
+        ],
+    );
+    let stdout = out.ok();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "0", "{stdout}");
+    let (addr, prefix) = lines[1].split_once('/').expect("address/prefix");
+    let addr: std::net::Ipv4Addr = addr.parse().expect("address");
+    let gw: std::net::Ipv4Addr = lines[2].parse().expect("gateway");
+    let prefix: u32 = prefix.parse().expect("prefix");
+    let mask = u32::MAX << (32 - prefix);
+    assert_eq!(u32::from(addr) & mask, u32::from(gw) & mask, "{stdout}");
+    assert_ne!(addr, gw);
+    assert_eq!(lines[3], "reached", "{stdout}");
+    env.assert_no_leftovers(&[&v]);
+}

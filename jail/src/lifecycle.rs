@@ -775,8 +775,7 @@ async fn create_rest(jail: &mut Jail, start: bool) -> Result<(), Error> {
     let r = match (early, &jail.pidfd) {
         (Some(f), Some(pidfd)) => {
             let (dir, pidfd) = (jail.dir.clone(), pidfd.clone());
-            let mut state = jail.state.clone();
-            state.phase = Phase::Created;
+            let state = jail.state.clone();
             blocking(move || take_start(&dir, f, &pidfd, state))
                 .await
                 .map(|st| jail.state = st)
